@@ -1,0 +1,36 @@
+"""Network checkpoints: the weights together with the UNetConfig that builds them."""
+
+import pathlib
+
+import torch
+
+from .loop import atomic_save
+from .networks import UNet, UNetConfig
+
+
+def save_network(path, net, *, kind, ema=None, meta=None):
+    """Write {kind, config, net, ema, meta}; `kind` is 'teacher' or 'decoder'."""
+    atomic_save({
+        "kind": kind,
+        "config": net.config.to_dict(),
+        "net": net.state_dict(),
+        "ema": (ema if ema is not None else net).state_dict(),
+        "meta": meta or {},
+    }, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def load_network(path, *, which="ema", device="cpu", expect_kind=None):
+    """(UNet in eval mode with the `which` weights, checkpoint meta dict)."""
+    ckpt = load_checkpoint(path, device)
+    if expect_kind is not None and ckpt["kind"] != expect_kind:
+        raise ValueError(f"{path} holds a {ckpt['kind']} network, expected a {expect_kind}")
+    net = UNet(UNetConfig.from_dict(ckpt["config"])).to(device)
+    net.load_state_dict(ckpt[which])
+    return net.eval().requires_grad_(False), ckpt["meta"]

@@ -1,0 +1,269 @@
+"""Datasets at every resolution of the study, built with one resampling operator.
+
+Images are stored as uint8 arrays (N, C, R, R) with int64 labels, one file per split and resolution;
+`to_model` maps them to [-1, 1] floats as ADM does (x / 127.5 - 1).
+"""
+
+import gzip
+import os
+import pathlib
+import struct
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_SIZE = 32  # 28x28 zero-padded by 2 on each side
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+
+
+class DataNotFoundError(FileNotFoundError):
+    pass
+
+
+# ----------------------------------------------------------------------------
+# The project's one resampling operator.
+
+def resize(x, size):
+    """Antialiased bicubic resampling of a float batch (N, C, H, W) to (size, size).
+
+    Uses the Keys a = -0.5 kernel widened by the scale factor when shrinking, i.e. PIL's BICUBIC
+    filter (PIL rounds to uint8 between its two 1-D passes; this does not). Every downsampled image
+    of the study (training data, Stage-3 low-resolution inputs, inverse-problem observations) and every
+    bicubic baseline goes through here.
+    """
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
+
+def resize_uint8(images, size):
+    """`resize` on uint8 arrays (N, C, H, W), rounded back to uint8."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    return resize(x, size).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def to_model(images):
+    """uint8 (N, C, R, R) array or tensor -> float32 tensor in [-1, 1]."""
+    x = torch.as_tensor(images)
+    return x.float() / 127.5 - 1
+
+
+def to_uint8(x):
+    """float tensor in [-1, 1] -> uint8 tensor (rounded, clipped)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def check_resolutions(resolutions, data_size):
+    """Reject resolution lists the pipeline cannot build: each must divide the data size."""
+    bad = [r for r in resolutions if r > data_size or data_size % r]
+    if bad:
+        raise ValueError(f"resolutions {bad} do not divide the data size {data_size}: every resolution "
+                         f"must be data_size / 2^k (e.g. {[data_size // 4, data_size // 2, data_size]})")
+    bad = [r for r in resolutions if r & (r - 1)]
+    if bad:
+        raise ValueError(f"resolutions {bad} are not powers of two")
+
+
+# ----------------------------------------------------------------------------
+# Fashion-MNIST.
+
+def read_idx(path):
+    """Parse an IDX file (optionally gzipped) into a numpy array."""
+    path = pathlib.Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(folder, stem):
+    for name in (stem + ".gz", stem):
+        p = pathlib.Path(folder) / name
+        if p.exists():
+            return p
+    return None
+
+
+def _idx_folder_ok(folder):
+    return folder is not None and all(_find_idx(folder, s) for pair in FASHION_MNIST_FILES.values() for s in pair)
+
+
+def locate_fashion_mnist(root=None, *, download_dir=None, debian_dir=FASHION_MNIST_DEBIAN_DIR):
+    """Find Fashion-MNIST's IDX files: `root`, then the Debian package, then torchvision's download.
+
+    Returns the folder holding the four IDX files (gzipped or not).
+    """
+    tried = []
+    if root is not None:
+        if _idx_folder_ok(root):
+            return pathlib.Path(root)
+        for sub in ("FashionMNIST/raw", "fashion-mnist"):
+            if _idx_folder_ok(pathlib.Path(root) / sub):
+                return pathlib.Path(root) / sub
+        tried.append(f"  1. the folder named in the config (data.root = {root!r}): no IDX files there")
+    else:
+        tried.append("  1. a folder named in the config (data.root): not set")
+    if _idx_folder_ok(debian_dir):
+        return pathlib.Path(debian_dir)
+    tried.append(f"  2. the Debian package dataset-fashion-mnist ({debian_dir}): not installed "
+                 "(sudo apt-get install dataset-fashion-mnist)")
+    if download_dir is not None:
+        try:
+            from torchvision.datasets import FashionMNIST
+            FashionMNIST(str(download_dir), train=True, download=True)
+            FashionMNIST(str(download_dir), train=False, download=True)
+            raw = pathlib.Path(download_dir) / "FashionMNIST" / "raw"
+            if _idx_folder_ok(raw):
+                return raw
+            tried.append(f"  3. torchvision's download into {download_dir}: finished without the IDX files")
+        except Exception as e:  # network errors come in many types
+            tried.append(f"  3. torchvision's download into {download_dir}: failed ({type(e).__name__}: {e})")
+    else:
+        tried.append("  3. torchvision's download: not attempted (no download folder given)")
+    raise DataNotFoundError("Fashion-MNIST was not found. Tried, in order:\n" + "\n".join(tried) +
+                            "\nProvide it in any of these three ways and run again.")
+
+
+def load_fashion_mnist(folder, split):
+    """uint8 images (N, 1, 32, 32) zero-padded from 28x28, and int64 labels."""
+    img_stem, lbl_stem = FASHION_MNIST_FILES[split]
+    images = read_idx(_find_idx(folder, img_stem))
+    labels = read_idx(_find_idx(folder, lbl_stem)).astype(np.int64)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
+    pad = (FASHION_MNIST_SIZE - images.shape[-1]) // 2
+    images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))[:, None]
+    return images, labels
+
+
+# ----------------------------------------------------------------------------
+# Image folders (users' own data; ADM preprocessing).
+
+def center_crop_arr(pil_image, resolution):
+    """ADM preprocessing: BOX-halve while the short side >= 2R, BICUBIC to short side R, centre crop."""
+    while min(*pil_image.size) >= 2 * resolution:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = resolution / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.asarray(pil_image)
+    top = (arr.shape[0] - resolution) // 2
+    left = (arr.shape[1] - resolution) // 2
+    return arr[top:top + resolution, left:left + resolution]
+
+
+def list_image_folder(root):
+    """(paths, labels, class_names): one class per sorted subfolder, files sorted within it."""
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise DataNotFoundError(f"image folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DataNotFoundError(f"{root} has no class subfolders (expected {root}/<class>/<image>)")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise DataNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return paths, np.array(labels, dtype=np.int64), classes
+
+
+def load_image(path, resolution, channels=3):
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        arr = center_crop_arr(img, resolution)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def load_image_folder(root, resolution, *, channels=3, max_images=None):
+    """uint8 images (N, C, R, R) with ADM preprocessing, int64 labels and the class names."""
+    paths, labels, classes = list_image_folder(root)
+    if max_images is not None:
+        paths, labels = paths[:max_images], labels[:max_images]
+    images = np.stack([load_image(p, resolution, channels) for p in paths])
+    return images, labels, classes
+
+
+# ----------------------------------------------------------------------------
+# The data stage: every split at every resolution.
+
+def dataset_path(data_dir, split, resolution):
+    return pathlib.Path(data_dir) / f"{split}_{resolution}.npz"
+
+
+def build_dataset(out_dir, *, resolutions, source="fashion_mnist", root=None, test_root=None,
+                  channels=1, max_images=None, download_dir=None):
+    """Write {out_dir}/{split}_{R}.npz (images uint8 (N, C, R, R), labels) for every R in `resolutions`.
+
+    Full-size images come from the source; every lower resolution is their `resize` by this project's
+    one operator. Returns {(split, R): path}.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if source == "fashion_mnist":
+        folder = locate_fashion_mnist(root, download_dir=download_dir)
+        splits = {s: load_fashion_mnist(folder, s) for s in ("train", "test")}
+        classes = FASHION_MNIST_CLASSES
+        size = FASHION_MNIST_SIZE
+    elif source == "image_folder":
+        size = max(resolutions)
+        splits = {}
+        for split, folder in (("train", root), ("test", test_root)):
+            images, labels, classes = load_image_folder(folder, size, channels=channels, max_images=max_images)
+            splits[split] = (images, labels)
+    else:
+        raise ValueError(f"unknown data source {source!r} (fashion_mnist or image_folder)")
+    check_resolutions(resolutions, size)
+    written = {}
+    for split, (images, labels) in splits.items():
+        for r in resolutions:
+            path = dataset_path(out_dir, split, r)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, images=resize_uint8(images, r), labels=labels, classes=np.array(classes))
+            os.replace(tmp, path)
+            written[(split, r)] = path
+    return written
+
+
+def load_dataset(data_dir, split, resolution):
+    """(images uint8 (N, C, R, R), labels int64, class names) as written by `build_dataset`."""
+    path = dataset_path(data_dir, split, resolution)
+    if not path.exists():
+        raise DataNotFoundError(f"{path} does not exist: run the data stage first")
+    with np.load(path) as f:
+        return f["images"], f["labels"], tuple(str(c) for c in f["classes"])
+
+
+def describe_dataset(data_dir, resolutions, splits=("train", "test")):
+    """One row per (split, resolution): image count, shape, value range and per-class counts."""
+    import pandas as pd
+    rows = []
+    for split in splits:
+        for r in resolutions:
+            images, labels, classes = load_dataset(data_dir, split, r)
+            counts = np.bincount(labels, minlength=len(classes))
+            rows.append({"split": split, "resolution": r, "images": len(images),
+                         "shape": "x".join(map(str, images.shape[1:])), "min": int(images.min()),
+                         "max": int(images.max()), "mean": round(float(images.mean()), 2),
+                         "classes": len(classes), "per class": f"{counts.min()}-{counts.max()}"})
+    return pd.DataFrame(rows)
+
+
+def examples_per_class(labels, per_class, num_classes):
+    """Indices of the first `per_class` examples of each class, ordered class by class."""
+    labels = np.asarray(labels)
+    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])

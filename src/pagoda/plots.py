@@ -1,0 +1,101 @@
+"""Figures the notebooks show: image grids, loss curves, per-resolution views."""
+
+import json
+import pathlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+
+def _to_hwc(images):
+    """(N, C, H, W) uint8 array or [-1, 1] float tensor -> (N, H, W, C) floats in [0, 1]."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    x = x.float() / 255 if x.dtype == torch.uint8 else (x.float().clamp(-1, 1) + 1) / 2
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(images, *, nrow, row_labels=None, col_labels=None, title=None, cell=0.6, ax=None):
+    """Show N images as a grid with `nrow` rows; nearest-neighbour display so pixels stay visible."""
+    x = _to_hwc(images)
+    n, h, w, c = x.shape
+    ncol = int(np.ceil(n / nrow))
+    canvas = np.ones((nrow * (h + 1) - 1, ncol * (w + 1) - 1, c))
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        canvas[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = x[i]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(2.0, ncol * cell + (1.2 if row_labels else 0)), max(1.2, nrow * cell)))
+    ax.imshow(canvas.squeeze(-1) if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([(w + 1) * q + w / 2 - 0.5 for q in range(ncol)] if col_labels else [])
+    ax.set_yticks([(h + 1) * r + h / 2 - 0.5 for r in range(nrow)] if row_labels else [])
+    if col_labels:
+        ax.set_xticklabels(col_labels, fontsize=8)
+    if row_labels:
+        ax.set_yticklabels(row_labels, fontsize=8)
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def resolution_ladder(images_by_res, *, labels=None, class_names=None):
+    """One row per resolution (upsampled for display by pixel replication), the same images in each."""
+    res = sorted(images_by_res)
+    fig, axes = plt.subplots(len(res), 1, figsize=(1.0 * len(next(iter(images_by_res.values()))),
+                                                     1.15 * len(res)), squeeze=False)
+    top = max(res)
+    for ax, r in zip(axes[:, 0], res):
+        x = torch.as_tensor(images_by_res[r])
+        x = x.repeat_interleave(top // r, -1).repeat_interleave(top // r, -2)
+        cols = [class_names[i] for i in labels] if (labels is not None and r == res[0]) else None
+        image_grid(x, nrow=1, ax=ax, col_labels=cols)
+        ax.set_ylabel(f"{r}x{r}", rotation=0, ha="right", va="center")
+        if cols:
+            ax.xaxis.set_ticks_position("top")
+    fig.tight_layout()
+    return fig
+
+
+def samples_per_class(images, labels, class_names, *, per_class, title=None):
+    """Rows = classes, `per_class` samples each (images must come ordered so that labels cycle)."""
+    order = np.argsort(np.asarray(labels), kind="stable")
+    x = torch.as_tensor(images)[order]
+    k = len(class_names)
+    ax = image_grid(x[: k * per_class], nrow=k, row_labels=list(class_names), title=title)
+    return ax.figure
+
+
+def read_metrics(run_dir):
+    path = pathlib.Path(run_dir) / "metrics.jsonl"
+    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
+def loss_curves(metrics, keys, *, title=None, logy=False, smooth=5):
+    """One panel per metric in `keys`, raw and smoothed (rolling mean over `smooth` rows)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        sns.lineplot(x=metrics["step"], y=metrics[k], ax=ax, alpha=0.35, color="C0")
+        sns.lineplot(x=metrics["step"], y=metrics[k].rolling(smooth, min_periods=1).mean(), ax=ax, color="C0")
+        ax.set_title(k, fontsize=10)
+        ax.set_ylabel("")
+        if logy:
+            ax.set_yscale("log")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def dataset_ladder(data_dir, resolutions, *, split="train", per_class=1):
+    """The same training images at every resolution of the study."""
+    from .data import examples_per_class, load_dataset
+    _, labels, classes = load_dataset(data_dir, split, resolutions[0])
+    idx = examples_per_class(labels, per_class, len(classes))
+    return resolution_ladder({r: load_dataset(data_dir, split, r)[0][idx] for r in resolutions},
+                             labels=labels[idx], class_names=[c.split("/")[0] for c in classes])

@@ -1,0 +1,28 @@
+"""Checks the workflow runs on a configuration before any job starts (beyond the JSON schema)."""
+
+from .data import FASHION_MNIST_SIZE, check_resolutions
+
+GROWTH_FACTORS = (2, 4)  # per decoder stage: 2x (default) or the paper's 4x jump ablation
+
+
+def check_resolution_chain(resolutions):
+    """The teacher's resolution first, then each decoder stage's, every step a growth by 2x or 4x."""
+    for lo, hi in zip(resolutions[:-1], resolutions[1:]):
+        if hi % lo or hi // lo not in GROWTH_FACTORS:
+            raise ValueError(f"resolutions {resolutions}: {lo} -> {hi} is not a growth by one of "
+                             f"{GROWTH_FACTORS}; list the teacher's resolution, then each decoder stage's")
+
+
+def check_config(config):
+    """Raise ValueError with a plain message for configurations the schema cannot rule out."""
+    res = config["resolutions"]
+    check_resolution_chain(res)
+    data = config["data"]
+    if data["source"] == "fashion_mnist":
+        check_resolutions(res, FASHION_MNIST_SIZE)
+        if data["channels"] != 1:
+            raise ValueError("Fashion-MNIST is grey: set data.channels to 1")
+    else:
+        check_resolutions(res, max(res))
+        if data["root"] is None or data["test_root"] is None:
+            raise ValueError("data.source = image_folder needs data.root (train) and data.test_root (test)")

@@ -1,0 +1,176 @@
+"""Data: Fashion-MNIST discovery and parsing, the one resampling operator, image folders, the data stage."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pagoda import data
+
+
+def write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fmnist(tmp_path):
+    """A Fashion-MNIST-shaped IDX folder with 20 train and 10 test images."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    for split, n in (("train", 20), ("test", 10)):
+        img_stem, lbl_stem = data.FASHION_MNIST_FILES[split]
+        write_idx(folder / (img_stem + ".gz"), rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / (lbl_stem + ".gz"), np.arange(n) % 10)
+    return folder
+
+
+def test_idx_parsing_and_padding(tiny_fmnist):
+    images, labels = data.load_fashion_mnist(tiny_fmnist, "train")
+    raw = data.read_idx(tiny_fmnist / "train-images-idx3-ubyte.gz")
+    assert images.shape == (20, 1, 32, 32) and images.dtype == np.uint8
+    assert np.array_equal(images[:, 0, 2:30, 2:30], raw)
+    assert images[:, :, :2].max() == 0 and images[:, :, :, -2:].max() == 0
+    assert labels.tolist() == [i % 10 for i in range(20)]
+
+
+def test_missing_data_error_names_all_three_ways(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise RuntimeError("no network")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    with pytest.raises(data.DataNotFoundError) as e:
+        data.locate_fashion_mnist(tmp_path / "nothing", download_dir=tmp_path / "dl",
+                                  debian_dir=tmp_path / "no-debian")
+    msg = str(e.value)
+    assert "data.root" in msg and "dataset-fashion-mnist" in msg and "torchvision" in msg and "no network" in msg
+
+
+def test_locate_prefers_the_configured_folder(tiny_fmnist):
+    assert data.locate_fashion_mnist(tiny_fmnist, debian_dir="/nonexistent") == tiny_fmnist
+
+
+def test_real_fashion_mnist_counts_shapes_ranges_labels():
+    folder = data.locate_fashion_mnist(None)  # the Debian package (CI installs it)
+    for split, n in (("train", 60000), ("test", 10000)):
+        images, labels = data.load_fashion_mnist(folder, split)
+        assert images.shape == (n, 1, 32, 32)
+        assert np.bincount(labels).tolist() == [n // 10] * 10
+        x = data.to_model(images[:1000])
+        assert x.min().item() == -1.0 and x.max().item() == 1.0
+        assert x[:, :, :2].eq(-1).all()  # zero padding is black
+
+
+@pytest.mark.parametrize("size", [4, 8, 16])
+def test_downsampler_matches_pil_bicubic(size):
+    rng = np.random.default_rng(size)
+    smooth = torch.nn.functional.interpolate(torch.from_numpy(rng.random((6, 1, 8, 8))), size=32, mode="bilinear")
+    images = np.concatenate([(rng.random((6, 1, 32, 32)) * 255), smooth.numpy() * 255]).round().astype(np.uint8)
+    ours = data.resize_uint8(images, size).astype(int)
+    pil = np.stack([np.asarray(Image.fromarray(im[0]).resize((size, size), Image.BICUBIC))[None] for im in images])
+    # PIL rounds to uint8 between its two 1-D passes, so one level of difference is allowed.
+    assert np.abs(ours - pil).max() <= 1
+    assert np.abs(ours - pil).mean() < 0.25
+
+
+def test_upsampling_uses_the_same_kernel_as_pil():
+    rng = np.random.default_rng(0)
+    images = (rng.random((6, 1, 8, 8)) * 255).round().astype(np.uint8)
+    ours = data.resize_uint8(images, 32).astype(int)
+    pil = np.stack([np.asarray(Image.fromarray(im[0]).resize((32, 32), Image.BICUBIC))[None] for im in images])
+    # Away from PIL's intermediate clipping the two agree to rounding.
+    assert np.median(np.abs(ours - pil)) == 0 and np.abs(ours - pil).mean() < 0.5
+
+
+def test_resize_is_identity_at_same_size_and_round_trips_uint8():
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    assert data.resize(x, 8) is x
+    u = data.to_uint8(x)
+    assert (data.to_model(u) - x).abs().max().item() <= 1 / 127.5
+
+
+def test_resolutions_that_do_not_divide_the_data_are_rejected():
+    data.check_resolutions([8, 16, 32], 32)
+    with pytest.raises(ValueError, match="do not divide"):
+        data.check_resolutions([8, 12], 32)
+    with pytest.raises(ValueError, match="do not divide"):
+        data.check_resolutions([8, 64], 32)
+    with pytest.raises(ValueError, match="powers of two"):
+        data.check_resolutions([6, 12], 24)
+
+
+def test_build_dataset_writes_every_split_and_resolution(tiny_fmnist, tmp_path):
+    written = data.build_dataset(tmp_path / "out", resolutions=[8, 16, 32], root=tiny_fmnist)
+    assert len(written) == 6
+    x32, y32, classes = data.load_dataset(tmp_path / "out", "train", 32)
+    x8, y8, _ = data.load_dataset(tmp_path / "out", "train", 8)
+    assert x8.shape == (20, 1, 8, 8) and np.array_equal(y8, y32)
+    assert np.array_equal(x8, data.resize_uint8(x32, 8))
+    assert classes == data.FASHION_MNIST_CLASSES
+    with pytest.raises(ValueError, match="do not divide"):
+        data.build_dataset(tmp_path / "bad", resolutions=[12, 32], root=tiny_fmnist)
+    with pytest.raises(data.DataNotFoundError, match="data stage"):
+        data.load_dataset(tmp_path / "out", "train", 64)
+
+
+def adm_reference(img, r):
+    # ADM's center_crop_arr written out step by step for a known size.
+    while min(img.size) >= 2 * r:
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), Image.BOX)
+    s = r / min(img.size)
+    img = img.resize((round(img.size[0] * s), round(img.size[1] * s)), Image.BICUBIC)
+    a = np.asarray(img)
+    t, l = (a.shape[0] - r) // 2, (a.shape[1] - r) // 2
+    return a[t:t + r, l:l + r]
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    sizes = {"zebra": [(100, 60), (61, 90)], "ant": [(40, 40), (130, 70), (50, 33)]}
+    for cls, dims in sizes.items():
+        (root / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(dims):
+            arr = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+            ext = "png" if i % 2 == 0 else "jpg"
+            Image.fromarray(arr).save(root / cls / f"{i}.{ext}")
+    (root / "zebra" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_loader_uses_adm_preprocessing_and_sorted_classes(image_tree):
+    images, labels, classes = data.load_image_folder(image_tree, 16)
+    assert classes == ["ant", "zebra"]
+    assert labels.tolist() == [0, 0, 0, 1, 1]
+    assert images.shape == (5, 3, 16, 16) and images.dtype == np.uint8
+    paths, _, _ = data.list_image_folder(image_tree)
+    for img, path in zip(images, paths):
+        expected = adm_reference(Image.open(path).convert("RGB"), 16)
+        assert np.array_equal(img.transpose(1, 2, 0), expected)
+    grey, _, _ = data.load_image_folder(image_tree, 8, channels=1, max_images=2)
+    assert grey.shape == (2, 1, 8, 8)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(data.DataNotFoundError, match="does not exist"):
+        data.list_image_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataNotFoundError, match="class subfolders"):
+        data.list_image_folder(tmp_path / "empty")
+
+
+def test_build_dataset_from_image_folders(image_tree, tmp_path):
+    data.build_dataset(tmp_path / "out", resolutions=[8, 16], source="image_folder", root=image_tree,
+                       test_root=image_tree, channels=3)
+    x16, y, classes = data.load_dataset(tmp_path / "out", "test", 16)
+    x8, _, _ = data.load_dataset(tmp_path / "out", "test", 8)
+    assert x16.shape == (5, 3, 16, 16) and classes == ("ant", "zebra")
+    assert np.array_equal(x8, data.resize_uint8(x16, 8))
