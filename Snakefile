@@ -13,9 +13,11 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/teacher.smk"
+include: "rules/encode.smk"
+include: "rules/decoder.smk"
 
 
 rule all:
-    """Default target: everything implemented so far (the teacher stage)."""
+    """Default target: everything implemented so far (the decoder at every resolution)."""
     input:
-        TEACHER,
+        [decoder_path(r) for r in RESOLUTIONS],

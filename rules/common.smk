@@ -27,3 +27,46 @@ def data_file(split, resolution):
 def notebook_parameters(**parameters):
     """The papermill -y argument: parameters as JSON (a subset of YAML)."""
     return json.dumps(parameters)
+
+LATENTS = f"{R}/latents/summary.json"
+
+
+def decoder_path(res):
+    return f"{R}/decoder/{res}/decoder.pt"
+
+
+def decoder_init(res):
+    """Stage 2 starts from the teacher; each growth stage from the previous resolution's decoder."""
+    i = RESOLUTIONS.index(int(res))
+    return TEACHER if i == 0 else decoder_path(RESOLUTIONS[i - 1])
+
+
+def decoder_parameters(res):
+    i = RESOLUTIONS.index(int(res))
+    dec, stage = config["decoder"], config["decoder"]["stages"][i]
+    return notebook_parameters(
+        data_dir=f"{R}/data",
+        latents_dir=f"{R}/latents",
+        init_path=decoder_init(res),
+        run_dir=f"{R}/decoder/{res}",
+        out_path=decoder_path(res),
+        resolution=int(res),
+        steps=stage["steps"],
+        batch_size=dec["batch_size"],
+        lr_g=dec["lr_g"],
+        lr_d=dec["lr_d"],
+        gan_weight=stage["gan_weight"],
+        weighting=stage["weighting"],
+        ema_decay=dec["ema_decay"],
+        distance=dec["distance"],
+        objective=dec["objective"],
+        feature_size=stage["feature_size"],
+        growth_channels=stage.get("growth_channels"),
+        growth_res_blocks=stage.get("growth_res_blocks", 2),
+        trainable_output_blocks=stage.get("trainable_output_blocks"),
+        growth_head=dec["growth_head"],
+        sigma_max=dec["sigma_max"],
+        checkpoint_every=dec["checkpoint_every"],
+        seed=config["seed"],
+        device=config["device"],
+    )

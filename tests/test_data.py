@@ -1,8 +1,5 @@
 """Data: Fashion-MNIST discovery and parsing, the one resampling operator, image folders, the data stage."""
 
-import gzip
-import struct
-
 import numpy as np
 import pytest
 import torch
@@ -11,32 +8,13 @@ from PIL import Image
 from pagoda import data
 
 
-def write_idx(path, array):
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture
-def tiny_fmnist(tmp_path):
-    """A Fashion-MNIST-shaped IDX folder with 20 train and 10 test images."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "fmnist"
-    folder.mkdir()
-    for split, n in (("train", 20), ("test", 10)):
-        img_stem, lbl_stem = data.FASHION_MNIST_FILES[split]
-        write_idx(folder / (img_stem + ".gz"), rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / (lbl_stem + ".gz"), np.arange(n) % 10)
-    return folder
-
-
 def test_idx_parsing_and_padding(tiny_fmnist):
     images, labels = data.load_fashion_mnist(tiny_fmnist, "train")
     raw = data.read_idx(tiny_fmnist / "train-images-idx3-ubyte.gz")
-    assert images.shape == (20, 1, 32, 32) and images.dtype == np.uint8
+    assert images.shape == (40, 1, 32, 32) and images.dtype == np.uint8
     assert np.array_equal(images[:, 0, 2:30, 2:30], raw)
     assert images[:, :, :2].max() == 0 and images[:, :, :, -2:].max() == 0
-    assert labels.tolist() == [i % 10 for i in range(20)]
+    assert labels.tolist() == [i % 10 for i in range(40)]
 
 
 def test_missing_data_error_names_all_three_ways(tmp_path, monkeypatch):
@@ -111,7 +89,7 @@ def test_build_dataset_writes_every_split_and_resolution(tiny_fmnist, tmp_path):
     assert len(written) == 6
     x32, y32, classes = data.load_dataset(tmp_path / "out", "train", 32)
     x8, y8, _ = data.load_dataset(tmp_path / "out", "train", 8)
-    assert x8.shape == (20, 1, 8, 8) and np.array_equal(y8, y32)
+    assert x8.shape == (40, 1, 8, 8) and np.array_equal(y8, y32)
     assert np.array_equal(x8, data.resize_uint8(x32, 8))
     assert classes == data.FASHION_MNIST_CLASSES
     with pytest.raises(ValueError, match="do not divide"):

@@ -130,21 +130,19 @@ def heun_solve(denoiser, x, sigmas, *, clamp=False, final_denoise=False):
     return x, nfe
 
 
-def sample_ode(net, noise, labels=None, *, num_points=40, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
-               rho=RHO, sigma_data=SIGMA_DATA, clamp=False):
-    """Teacher sampling: x_N = sigma_max n, Heun down the Karras grid, final denoise (2N - 1 NFE).
-
-    `noise` is standard normal; the returned images are clamped to [-1, 1].
+def ode_to_data(net, z, labels=None, *, num_points=40, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
+                sigma_data=SIGMA_DATA, clamp=False):
+    """Teacher sampling / decoding: Heun from the latent z at sigma_max down the Karras grid, then a final
+    denoise (2N - 1 NFE). Sampling passes z = sigma_max n. Returns (images clamped to [-1, 1], nfe).
     """
     sigmas = karras_sigmas(num_points, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
-    x = noise.to(torch.float64) * sigmas[0]
     den = _float64_denoiser(net, labels, sigma_data)
-    x, nfe = heun_solve(den, x, sigmas, clamp=clamp, final_denoise=True)
-    return x.to(noise.dtype).clamp(-1, 1), nfe
+    x, nfe = heun_solve(den, z.to(torch.float64), sigmas, clamp=clamp, final_denoise=True)
+    return x.to(z.dtype).clamp(-1, 1), nfe
 
 
-def invert_ode(net, images, labels=None, *, num_points=40, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
-               rho=RHO, sigma_data=SIGMA_DATA, clamp=True):
+def ode_to_noise(net, images, labels=None, *, num_points=40, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+                 rho=RHO, sigma_data=SIGMA_DATA, clamp=True):
     """PaGoDA's encoder: the clean image is the state at sigma_min; Heun up the reversed grid to sigma_max.
 
     Returns (z, nfe) with z on the sigma_max scale (std ~ sigma_max for a good teacher).

@@ -76,10 +76,14 @@ def read_metrics(run_dir):
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
-def loss_curves(metrics, keys, *, title=None, logy=False, smooth=5):
-    """One panel per metric in `keys`, raw and smoothed (rolling mean over `smooth` rows)."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
-    for ax, k in zip(axes[0], keys):
+def loss_curves(metrics, keys, *, title=None, logy=False, smooth=5, ncols=3):
+    """One panel per metric in `keys` (up to `ncols` per row), raw and smoothed (rolling mean over `smooth` rows)."""
+    ncols = min(ncols, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(keys):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.ravel(), keys):
         sns.lineplot(x=metrics["step"], y=metrics[k], ax=ax, alpha=0.35, color="C0")
         sns.lineplot(x=metrics["step"], y=metrics[k].rolling(smooth, min_periods=1).mean(), ax=ax, color="C0")
         ax.set_title(k, fontsize=10)
@@ -99,3 +103,36 @@ def dataset_ladder(data_dir, resolutions, *, split="train", per_class=1):
     idx = examples_per_class(labels, per_class, len(classes))
     return resolution_ladder({r: load_dataset(data_dir, split, r)[0][idx] for r in resolutions},
                              labels=labels[idx], class_names=[c.split("/")[0] for c in classes])
+
+
+def latent_statistics(z, sigma_max=80.0):
+    """Histogram of z / sigma_max against N(0, 1), and the per-pixel standard deviation of z / sigma_max."""
+    z = np.asarray(z) / sigma_max
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 2.8))
+    a.hist(z.ravel(), bins=80, density=True, color="C0", alpha=0.7, label="z / sigma_max")
+    t = np.linspace(-4, 4, 200)
+    a.plot(t, np.exp(-t ** 2 / 2) / np.sqrt(2 * np.pi), "k--", lw=1, label="N(0, 1)")
+    a.legend(fontsize=8)
+    a.set_title(f"latents: std {z.std():.3f} sigma_max", fontsize=10)
+    im = b.imshow(z.std(axis=0).mean(axis=0), cmap="viridis")
+    b.set_title("per-pixel std / sigma_max", fontsize=10)
+    b.set_xticks([])
+    b.set_yticks([])
+    fig.colorbar(im, ax=b, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def image_rows(rows, row_labels, *, title=None):
+    """Stack equally long image batches as rows (e.g. x, reconstruction; low-res, high-res)."""
+    n = len(rows[0])
+    res = max(torch.as_tensor(r).shape[-1] for r in rows)
+    stacked = []
+    for r in rows:
+        r = torch.as_tensor(np.asarray(r) if not isinstance(r, torch.Tensor) else r)
+        k = res // r.shape[-1]
+        stacked.append(r.repeat_interleave(k, -1).repeat_interleave(k, -2))
+    x = torch.cat([s if s.dtype != torch.uint8 else s.float() / 127.5 - 1 for s in stacked])
+    ax = image_grid(x, nrow=len(rows), row_labels=row_labels, title=title, cell=0.7 * max(1, res / 16) ** 0.5)
+    ax.figure.set_size_inches(max(4.0, 0.55 * n * max(1, res / 16) ** 0.5 + 1.5), 0.75 * len(rows) + 0.6)
+    return ax.figure

@@ -43,7 +43,8 @@ def sample_teacher(net, labels, *, seeds, num_points=40, batch_size=500, device=
 
     def one(sl):
         y = None if labels is None else labels[sl].to(device)
-        x, nfe[0] = edm.sample_ode(net, image_noise(seeds[sl], shape, device), y, num_points=num_points)
+        z = edm.SIGMA_MAX * image_noise(seeds[sl], shape, device)
+        x, nfe[0] = edm.ode_to_data(net, z, y, num_points=num_points)
         return x.cpu()
     images = batched(one, len(seeds), batch_size, progress=progress, desc="teacher ODE")
     return images, nfe[0]
@@ -52,3 +53,40 @@ def sample_teacher(net, labels, *, seeds, num_points=40, batch_size=500, device=
 def seeds_for(n, seed):
     """n consecutive per-image seeds starting at seed * 10^6 (disjoint sets for seeds < 1000s)."""
     return np.arange(n) + int(seed) * 1_000_000
+
+
+@torch.no_grad()
+def sample_decoder(net, labels, *, seeds, sigma_max=edm.SIGMA_MAX, batch_size=500, device="cpu", progress=False):
+    """PaGoDA's one-step sampler: G(sigma_max n, y), clamped to [-1, 1]; images on the CPU and NFE = 1."""
+    from .decoder import generate
+    net = net.to(device).eval()
+    cfg = net.config
+    shape = (cfg.in_channels, cfg.img_resolution, cfg.img_resolution)
+    seeds = list(seeds)
+
+    def one(sl):
+        y = None if labels is None else labels[sl].to(device)
+        z = sigma_max * image_noise(seeds[sl], shape, device)
+        return generate(net, z, y, sigma_max=sigma_max).clamp(-1, 1).cpu()
+    return batched(one, len(seeds), batch_size, progress=progress, desc="one-step"), 1
+
+
+def load_sampler(path, *, device="cpu", num_points=40, batch_size=500, progress=False):
+    """A checkpoint's sampler as one callable (labels, seeds) -> (images in [-1, 1], NFE per image).
+
+    Teacher checkpoints sample with the Heun ODE solver (`num_points` grid points), decoder checkpoints
+    in one step; evaluation treats both alike. Also returns the checkpoint's meta dict.
+    """
+    from .checkpoints import load_checkpoint, load_network
+    kind = load_checkpoint(path)["kind"]
+    net, meta = load_network(path, device=device)
+    if kind == "teacher":
+        def sampler(labels, seeds):
+            return sample_teacher(net, labels, seeds=seeds, num_points=num_points, batch_size=batch_size,
+                                  device=device, progress=progress)
+    else:
+        def sampler(labels, seeds):
+            return sample_decoder(net, labels, seeds=seeds, sigma_max=meta.get("sigma_max", edm.SIGMA_MAX),
+                                  batch_size=batch_size, device=device, progress=progress)
+    return sampler, {**meta, "kind": kind, "num_classes": net.config.num_classes,
+                     "resolution": net.config.out_resolution}

@@ -26,3 +26,9 @@ def check_config(config):
         check_resolutions(res, max(res))
         if data["root"] is None or data["test_root"] is None:
             raise ValueError("data.source = image_folder needs data.root (train) and data.test_root (test)")
+    stages = config["decoder"]["stages"]
+    if len(stages) != len(res):
+        raise ValueError(f"decoder.stages has {len(stages)} entries but resolutions {res} has {len(res)}: "
+                         "give one stage per resolution (the teacher's first)")
+    if config["decoder"]["objective"] != "reconstruction" and config["encode"]["teacher_pairs"] == 0:
+        raise ValueError(f"decoder.objective = {config['decoder']['objective']} needs encode.teacher_pairs > 0")

@@ -1,0 +1,296 @@
+"""Stages 2 and 3: the one-step decoder G(z, y), trained with L_rec + lambda L_adv and grown per stage.
+
+G(z, y) = F(c_in(sigma_max) z, c_noise(sigma_max), y): the teacher's network evaluated once at
+sigma_max, its raw output taken as the image (METHOD.md, "Stage 2"). At the base resolution G starts
+from the teacher's EMA weights; each growth stage (Stage 3) starts from the previous stage's decoder
+grown by `networks.grow`, with most of the old network frozen, and reconstructs the real
+high-resolution image from the *same* low-resolution latent.
+"""
+
+import copy
+import dataclasses
+
+import torch
+
+from . import diffaug, edm, loop
+from .checkpoints import load_network, save_network
+from .data import load_dataset, to_model
+from .discriminator import ProjectedDiscriminator
+from .encode import load_latents
+from .features import EfficientNetLite0
+from .losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
+from .networks import UNet, grow, num_params
+
+OBJECTIVES = ("reconstruction", "distillation", "both")
+WEIGHTINGS = ("adaptive", "separate")
+
+
+def generate(net, z, labels, *, sigma_max=edm.SIGMA_MAX, sigma_data=edm.SIGMA_DATA):
+    """G(z, y) = F(c_in(sigma_max) z, c_noise(sigma_max), y); z is on the sigma_max scale."""
+    c_noise = torch.full((z.shape[0],), edm.c_noise(sigma_max), device=z.device, dtype=z.dtype)
+    return net(edm.c_in(sigma_max, sigma_data) * z, c_noise, labels)
+
+
+# ----------------------------------------------------------------------------
+# Initialisation and freezing.
+
+def paper_trainable_output_blocks(config):
+    """The released code trains ADM-64's output_blocks[9:] (7 of 16): every block at the top resolution
+    plus the last num_res_blocks of the level below (which end in the up-sampler). Same rule here."""
+    return 2 * config.num_res_blocks + 1
+
+
+def freeze_for_growth(net, trainable_output_blocks=None):
+    """Freeze all but the last `trainable_output_blocks` base output blocks, every growth block and the heads."""
+    k = paper_trainable_output_blocks(net.config) if trainable_output_blocks is None else trainable_output_blocks
+    if not 0 <= k <= net.num_base_output_blocks:
+        raise ValueError(f"trainable_output_blocks must be in [0, {net.num_base_output_blocks}], got {k}")
+    net.requires_grad_(False)
+    for block in net.output_blocks[net.num_base_output_blocks - k:]:
+        block.requires_grad_(True)
+    net.out.requires_grad_(True)
+    net.growth_heads.requires_grad_(True)
+    return net
+
+
+def init_decoder(init_path, *, resolution, channels=None, num_res_blocks=2, trainable_output_blocks=None,
+                 growth_head="residual", device="cpu"):
+    """The generator to train at `resolution`: the teacher (base) or the previous decoder grown to it."""
+    net, _ = load_network(init_path, which="ema", device=device)
+    net.requires_grad_(True)
+    if net.config.out_resolution == resolution:  # Stage 2: the teacher's network, fully trainable
+        return net.train()
+    factor = resolution // net.config.out_resolution
+    if factor * net.config.out_resolution != resolution:
+        raise ValueError(f"cannot grow {net.config.out_resolution} -> {resolution}: not an integer factor")
+    if not net.config.growth and growth_head != net.config.growth_head:  # choose the head style once
+        old = net
+        net = UNet(dataclasses.replace(old.config, growth_head=growth_head)).to(device)
+        net.load_state_dict(old.state_dict())
+    grown = grow(net, factor=factor, channels=channels, num_res_blocks=num_res_blocks)
+    return freeze_for_growth(grown, trainable_output_blocks).train()
+
+
+def frozen_names(net):
+    return {n for n, p in net.named_parameters() if not p.requires_grad}
+
+
+# ----------------------------------------------------------------------------
+# The training task.
+
+def _slice_params(params, sl):
+    return {k: (v[sl] if torch.is_tensor(v) else v) for k, v in params.items()}
+
+
+def _flip_where(x, flip):
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+class DecoderTask:
+    """One G update (or two, with weighting='separate') and one D update per step."""
+
+    def __init__(self, G, D, distance, *, latents, targets, train_images, train_labels, pairs=None,
+                 objective="reconstruction", batch_size=32, lr_g=1e-4, lr_d=2e-3, gan_weight=0.2,
+                 weighting="adaptive", ema_decay=0.999, sigma_max=edm.SIGMA_MAX, device="cpu"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if objective != "reconstruction" and pairs is None:
+            raise ValueError(f"objective {objective!r} needs noise -> teacher-sample pairs")
+        self.G, self.D, self.distance = G.to(device), D.to(device), distance.to(device)
+        self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.latents = {k: torch.as_tensor(v) for k, v in latents.items()}
+        self.targets = torch.as_tensor(targets)            # uint8 (N, C, R, R), indexed by latents["index"]
+        self.train_images = torch.as_tensor(train_images)  # uint8, the GAN's real images
+        self.train_labels = torch.as_tensor(train_labels)
+        self.pairs = {k: torch.as_tensor(v) for k, v in pairs.items()} if pairs is not None else None
+        self.objective, self.batch_size, self.gan_weight = objective, batch_size, gan_weight
+        self.weighting, self.ema_decay, self.sigma_max, self.device = weighting, ema_decay, sigma_max, device
+        self.g_params = [p for p in self.G.parameters() if p.requires_grad]
+        self.opt_g = torch.optim.RAdam(self.g_params, lr=lr_g, betas=(0.9, 0.999))
+        self.opt_d = torch.optim.RAdam(self.D.trainable_parameters(), lr=lr_d, betas=(0.9, 0.999))
+        self.conditional = self.G.label_emb is not None
+        cfg = self.G.config
+        self.z_shape = (cfg.in_channels, cfg.img_resolution, cfg.img_resolution)
+
+    def modules(self):
+        return {"G": self.G, "ema": self.ema, "D": self.D}
+
+    def optimizers(self):
+        return {"G": self.opt_g, "D": self.opt_d}
+
+    def frozen(self):
+        g = frozen_names(self.G)
+        return {"G": g, "ema": g, "D": frozen_names(self.D)}
+
+    def _labels(self, y):
+        return y.to(self.device) if self.conditional else None
+
+    def _prior(self, n, generator):
+        z = self.sigma_max * torch.randn((n, *self.z_shape), generator=generator, device=generator.device)
+        return z.to(self.device)
+
+    def reconstruction_loss(self, generator, sl):
+        """L_rec on (z(x), x) pairs and/or L_dstl on (z, ODE(z)) pairs, mean over this rank's slice."""
+        n = self.batch_size
+        terms = []
+        if self.objective in ("reconstruction", "both"):
+            i = torch.randint(len(self.latents["z"]), (n,), generator=generator, device=generator.device).cpu()[sl]
+            z, y = self.latents["z"][i].to(self.device), self.latents["labels"][i]
+            x = _flip_where(to_model(self.targets[self.latents["index"][i]]), self.latents["flip"][i])
+            terms.append((z, y, x.to(self.device)))
+        if self.objective in ("distillation", "both"):
+            j = torch.randint(len(self.pairs["z"]), (n,), generator=generator, device=generator.device).cpu()[sl]
+            terms.append((self.pairs["z"][j].to(self.device), self.pairs["labels"][j], self.pairs["x"][j].to(self.device)))
+        res = terms[0][2].shape[-1]
+        params = diffaug.sample_params(n, res, generator=generator, device=generator.device)
+        loss = 0
+        for z, y, x in terms:
+            x_hat = generate(self.G, z, self._labels(y), sigma_max=self.sigma_max)
+            p = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in _slice_params(params, sl).items()}
+            loss = loss + self.distance(x_hat, x, params=p).mean()
+        return loss, terms[0][1]
+
+    def adversarial_loss(self, y, generator, sl):
+        """L_adv = -mean D(aug(G(z', y))) with fresh prior noise z' (not the inverted latents)."""
+        n = self.batch_size
+        z = self._prior(n, generator)[sl]
+        params = _slice_params(diffaug.sample_params(n, self.targets.shape[-1], generator=generator,
+                                                     device=generator.device), sl)
+        params = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in params.items()}
+        x_fake = generate(self.G, z, self._labels(y), sigma_max=self.sigma_max)
+        return g_hinge_loss(self.D(diffaug.augment(x_fake, params), self._labels(y)))
+
+    def _gradients(self, loss):
+        """Gradients of `loss` w.r.t. G's trainable parameters (zeros where a parameter is unused)."""
+        grads = torch.autograd.grad(loss, self.g_params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.g_params, grads)]
+
+    def _g_update(self, loss, step):
+        for p, g in zip(self.g_params, self._gradients(loss)):
+            p.grad = g
+        self._apply_g_update(step)
+
+    def _apply_g_update(self, step):
+        loop.average_gradients(self.g_params)
+        for p in self.g_params:  # a non-finite gradient is dropped, not applied
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0, posinf=0, neginf=0)
+        self.opt_g.step()
+        loop.ema_update(self.ema, self.G, decay=self.ema_decay, step=step)
+
+    def g_step(self, step, generator):
+        sl = loop.rank_slice(self.batch_size)
+        for p in self.D.trainable_parameters():  # the G step never needs D's gradients
+            p.requires_grad_(False)
+        rec, y = self.reconstruction_loss(generator, sl)
+        if self.weighting == "adaptive":
+            # grad(L_rec + lambda L_adv) = grad L_rec + lambda grad L_adv: one backward pass per term, and
+            # lambda from their last-layer parts, instead of extra passes through the feature networks.
+            grads_rec = self._gradients(rec)
+            adv = self.adversarial_loss(y, generator, sl)
+            grads_adv = self._gradients(adv)
+            k = next(i for i, p in enumerate(self.g_params) if p is self.G.last_layer())
+            lam = adaptive_weight(loop.mean_over_ranks(grads_rec[k]), loop.mean_over_ranks(grads_adv[k]),
+                                  weight=self.gan_weight)
+            for p, gr, ga in zip(self.g_params, grads_rec, grads_adv):
+                p.grad = gr + lam * ga
+            self._apply_g_update(step)
+        else:  # released code from 256 px on: a step on L_rec, then a step on the fixed-weight GAN term
+            self._g_update(rec, step)
+            adv = self.adversarial_loss(y, generator, sl)
+            lam = torch.tensor(self.gan_weight)
+            self._g_update(lam * adv, step)
+        for p in self.D.trainable_parameters():
+            p.requires_grad_(True)
+        return {"rec": loop.mean_over_ranks(rec.detach()).item(), "adv": loop.mean_over_ranks(adv.detach()).item(),
+                "lambda": float(lam)}
+
+    def d_step(self, step, generator):
+        n, sl = self.batch_size, loop.rank_slice(self.batch_size)
+        g = dict(generator=generator, device=generator.device)
+        j = torch.randint(len(self.train_images), (n,), **g).cpu()[sl]
+        flip = (torch.rand(n, **g) < 0.5).cpu()[sl]
+        x_real = _flip_where(to_model(self.train_images[j]), flip).to(self.device)
+        y = self.train_labels[j]
+        z = self._prior(n, generator)[sl]
+        params = _slice_params(diffaug.sample_params(n, x_real.shape[-1], **g), sl)
+        params = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in params.items()}
+        with torch.no_grad():
+            x_fake = generate(self.G, z, self._labels(y), sigma_max=self.sigma_max)
+        # Real and fake share the per-index augmentation parameters (released code).
+        logits_real = self.D(diffaug.augment(x_real, params), self._labels(y))
+        logits_fake = self.D(diffaug.augment(x_fake, params), self._labels(y))
+        loss = d_hinge_loss(logits_real, logits_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.average_gradients(self.D.trainable_parameters())
+        self.opt_d.step()
+        return {"d_loss": loop.mean_over_ranks(loss.detach()).item(),
+                "d_real": loop.mean_over_ranks(logits_real.detach().mean()).item(),
+                "d_fake": loop.mean_over_ranks(logits_fake.detach().mean()).item()}
+
+    def step(self, step, generator):
+        return {**self.g_step(step, generator), **self.d_step(step, generator)}
+
+
+# ----------------------------------------------------------------------------
+# The stage.
+
+def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolution, steps=500, batch_size=32,
+                  lr_g=1e-4, lr_d=2e-3, gan_weight=0.2, weighting="adaptive", ema_decay=0.999,
+                  distance="feature", objective="reconstruction", feature_size=224, d_feature_size=None,
+                  growth_channels=None, growth_res_blocks=2, trainable_output_blocks=None, growth_head="residual",
+                  sigma_max=edm.SIGMA_MAX, seed=0, checkpoint_every=100, log_every=None, device="auto",
+                  progress=True, max_steps_this_call=None):
+    """Train the decoder at `resolution` from `init_path` (teacher -> Stage 2; decoder -> Stage 3).
+
+    Reconstruction targets are the training images at `resolution` for the stored latents (and flips);
+    the GAN's real images are the whole training set at `resolution`. Writes `out_path` (EMA and raw
+    weights, frozen ones included) when all `steps` are done and returns a summary.
+    """
+    device = loop.resolve_device(device)
+    loop.init_distributed(device)
+    torch.manual_seed(seed)  # new layers' initial weights and the discriminator's
+    G = init_decoder(init_path, resolution=resolution, channels=growth_channels, num_res_blocks=growth_res_blocks,
+                     trainable_output_blocks=trainable_output_blocks, growth_head=growth_head, device=device)
+    images, labels, classes = load_dataset(data_dir, "train", resolution)
+    latents = load_latents(latents_dir)
+    pairs = load_latents(latents_dir, prefix="pairs") if objective != "reconstruction" else None
+    backbone = EfficientNetLite0(feature_size)
+    d_backbone = backbone if d_feature_size in (None, feature_size) else EfficientNetLite0(d_feature_size)
+    D = ProjectedDiscriminator(num_classes=len(classes) if G.label_emb is not None else 0, backbone=d_backbone)
+    dist_fn = ReconstructionDistance(distance, backbone=backbone)
+    task = DecoderTask(G, D, dist_fn, latents=latents, targets=images, train_images=images, train_labels=labels,
+                       pairs=pairs, objective=objective, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d,
+                       gan_weight=gan_weight, weighting=weighting, ema_decay=ema_decay, sigma_max=sigma_max,
+                       device=device)
+    rows = loop.run(task, run_dir=run_dir, total_steps=steps, seed=seed, checkpoint_every=checkpoint_every,
+                    log_every=log_every, device=device, progress=progress, desc=f"decoder {resolution}",
+                    max_steps_this_call=max_steps_this_call)
+    timing = loop.read_timing(run_dir)
+    summary = {"resolution": resolution, "base_resolution": G.config.img_resolution, "steps": rows[-1]["step"],
+               "params": num_params(G), "trainable_params": num_params(G, trainable_only=True),
+               "latent_pairs": int(len(latents["z"])), "objective": objective, "distance": distance,
+               "weighting": weighting, "gan_weight": gan_weight, "sigma_max": sigma_max,
+               "seconds": timing["seconds"], "device": timing["device"], "classes": list(classes)}
+    if summary["steps"] == steps and loop.rank() == 0:
+        save_network(out_path, task.G, kind="decoder", ema=task.ema, meta=summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------
+# Looking at a trained decoder.
+
+@torch.no_grad()
+def reconstructions(decoder_path, *, latents_dir, data_dir, n=10, device="cpu"):
+    """(real images at the decoder's resolution, G(z(x_low), y)) for the first n stored latents."""
+    net, meta = load_network(decoder_path, device=device, expect_kind="decoder")
+    lat = {k: v[:n] for k, v in load_latents(latents_dir).items()}
+    images, _, _ = load_dataset(data_dir, "train", net.config.out_resolution)
+    x = _flip_where(to_model(images[lat["index"]]), torch.as_tensor(lat["flip"]))
+    labels = torch.as_tensor(lat["labels"]).to(device) if net.label_emb is not None else None
+    x_hat = generate(net, torch.as_tensor(lat["z"]).to(device), labels,
+                     sigma_max=meta.get("sigma_max", edm.SIGMA_MAX)).clamp(-1, 1).cpu()
+    return x, x_hat

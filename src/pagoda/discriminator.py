@@ -1,0 +1,68 @@
+"""Projected discriminator (Sauer et al. 2021) as PaGoDA uses it: frozen pretrained features, trainable heads.
+
+Images -> DiffAugment -> frozen EfficientNet-lite0 (4 maps) -> fixed random 1x1 projections -> one
+spectral-norm head per scale -> per-position logits, class-conditioned by projection
+(logit = <h, E[y]> / sqrt(cmap_dim)). All logits of all heads are concatenated per sample.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from .features import LITE0_CHANNELS, EfficientNetLite0, RandomProjection
+
+
+def _sn_conv(cin, cout, k, stride=1, padding=0, bias=True):
+    return spectral_norm(nn.Conv2d(cin, cout, k, stride, padding, bias=bias))
+
+
+class DownBlock(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(_sn_conv(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+
+
+class Head(nn.Module):
+    """One scale: stride-2 DownBlocks until the map is at most 4x4, then per-position logits."""
+
+    def __init__(self, channels, size, *, num_classes, cmap_dim=64, max_channels=256):
+        super().__init__()
+        layers, c = [], channels
+        while size > 4:
+            layers.append(DownBlock(c, min(2 * c, max_channels)))
+            c, size = min(2 * c, max_channels), size // 2
+        self.body = nn.Sequential(*layers)
+        self.cmap_dim = cmap_dim if num_classes else 1
+        self.out = _sn_conv(c, self.cmap_dim, 1, bias=False)
+        self.embed = nn.Embedding(num_classes, cmap_dim) if num_classes else None
+
+    def forward(self, h, labels):
+        h = self.out(self.body(h))
+        if self.embed is None:
+            return h.flatten(1)
+        cmap = self.embed(labels)[:, :, None, None]
+        return (h * cmap).sum(1).flatten(1) / math.sqrt(self.cmap_dim)
+
+
+class ProjectedDiscriminator(nn.Module):
+    """D(x, y) -> logits (N, K). `backbone` may be shared with the reconstruction distance (it is frozen)."""
+
+    def __init__(self, *, num_classes, backbone=None, input_size=224, proj_channels=(32, 64, 128, 256),
+                 cmap_dim=64, projection_seed=2):
+        super().__init__()
+        self.backbone = backbone if backbone is not None else EfficientNetLite0(input_size)
+        self.projection = RandomProjection(LITE0_CHANNELS, proj_channels, seed=projection_seed)
+        sizes = [self.backbone.input_size // s for s in (4, 8, 16, 32)]
+        self.heads = nn.ModuleList(Head(c, max(1, s), num_classes=num_classes, cmap_dim=cmap_dim)
+                                   for c, s in zip(proj_channels, sizes))
+
+    def trainable_parameters(self):
+        """The heads' parameters; the backbone and the projections stay frozen."""
+        return list(self.heads.parameters())
+
+    def forward(self, x, labels):
+        # The frozen features need a graph only when gradients flow back to the generator's images.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            maps = self.projection(self.backbone(x))
+        return torch.cat([head(m, labels) for head, m in zip(self.heads, maps)], dim=1)

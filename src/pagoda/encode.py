@@ -1,0 +1,161 @@
+"""Stage 2, encoder: PF-ODE inversion of training images (and their flips) to noise latents.
+
+The frozen teacher maps each clean image at the base resolution, taken as the state at sigma_min, to
+z at sigma_max with the Heun solver (METHOD.md, "Stage 2"). Latents are written in shards; an
+interrupted run resumes at the first missing shard. Optionally the stage also draws noise -> teacher
+sample pairs for the L_dstl ablation (paper Fig. 5).
+"""
+
+import json
+import pathlib
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import edm, loop
+from .checkpoints import load_network
+from .data import load_dataset, to_model
+from .sampling import image_noise
+
+
+def encoding_plan(num_train, n_images, *, flips=True, seed=0):
+    """(index, flip) pairs to encode: `n_images` random training images, each followed by its flip."""
+    if n_images > num_train:
+        raise ValueError(f"asked to encode {n_images} images but the training set has {num_train}")
+    idx = np.random.default_rng(seed).permutation(num_train)[:n_images]
+    flip = np.zeros(n_images, dtype=bool)
+    if flips:
+        idx, flip = np.repeat(idx, 2), np.tile([False, True], n_images)
+    return idx, flip
+
+
+def shard_path(out_dir, k, prefix="shard"):
+    return pathlib.Path(out_dir) / f"{prefix}-{k:05d}.npz"
+
+
+def _write_npz(path, **arrays):
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, flips=True, num_points=40,
+                   clamp=True, shard_size=1024, batch_size=512, seed=0, device="auto", progress=True,
+                   max_shards_this_call=None):
+    """Write {out_dir}/shard-*.npz: z float32 (n, C, R, R), labels, index (into the training set), flip.
+
+    Shards that already exist are kept, so a killed run continues where it stopped. Returns a
+    summary: latent count, NFE per image, images/s of this call, latent statistics.
+    """
+    device = loop.resolve_device(device)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net, _ = load_network(teacher_path, device=device, expect_kind="teacher")
+    images, labels, _ = load_dataset(data_dir, "train", resolution)
+    idx, flip = encoding_plan(len(images), n_images, flips=flips, seed=seed)
+    n_shards = -(-len(idx) // shard_size)
+    todo = [k for k in range(n_shards) if not shard_path(out_dir, k).exists()]
+    if max_shards_this_call is not None:
+        todo = todo[:max_shards_this_call]
+    encoded, seconds, nfe = 0, 0.0, 2 * (num_points - 1)
+    for k in tqdm(todo, desc="encode shards", disable=not progress):
+        sl = slice(k * shard_size, min((k + 1) * shard_size, len(idx)))
+        x = to_model(images[idx[sl]])
+        x = torch.where(torch.as_tensor(flip[sl]).view(-1, 1, 1, 1), x.flip(-1), x)
+        y = torch.as_tensor(labels[idx[sl]])
+        t0 = time.time()
+        zs = []
+        for b in range(0, len(x), batch_size):
+            z, nfe = edm.ode_to_noise(net, x[b:b + batch_size].to(device), y[b:b + batch_size].to(device),
+                                      num_points=num_points, clamp=clamp)
+            zs.append(z.cpu())
+        seconds += time.time() - t0
+        encoded += len(x)
+        _write_npz(shard_path(out_dir, k), z=torch.cat(zs).numpy().astype(np.float32), labels=y.numpy(),
+                   index=idx[sl], flip=flip[sl])
+    summary = latent_summary(out_dir)
+    summary.update(nfe_per_image=nfe, num_points=num_points, clamp=clamp, resolution=resolution,
+                   device=loop.device_name(device), shards=n_shards, complete=len(list_shards(out_dir)) == n_shards)
+    if encoded:
+        summary.update(images_per_sec=encoded / seconds, seconds_this_call=seconds, encoded_this_call=encoded)
+    return summary
+
+
+def list_shards(out_dir, prefix="shard"):
+    return sorted(pathlib.Path(out_dir).glob(f"{prefix}-*.npz"))
+
+
+def load_latents(out_dir, prefix="shard"):
+    """All shards concatenated: {'z', 'labels', 'index', 'flip'} (or the pair arrays for prefix='pairs')."""
+    shards = list_shards(out_dir, prefix)
+    if not shards:
+        raise FileNotFoundError(f"no {prefix}-*.npz in {out_dir}: run the encode stage first")
+    parts = [dict(np.load(p)) for p in shards]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def latent_summary(out_dir):
+    """Statistics of the stored latents (std near sigma_max for a good teacher)."""
+    lat = load_latents(out_dir)
+    z = lat["z"]
+    return {"latents": int(len(z)), "images": int(len(np.unique(lat["index"]))), "z_std": float(z.std()),
+            "z_mean": float(z.mean()), "z_std_over_sigma_max": float(z.std() / edm.SIGMA_MAX)}
+
+
+@torch.no_grad()
+def teacher_pairs(*, teacher_path, out_dir, n_pairs, num_points=40, clamp=True, batch_size=512, seed=0,
+                  device="auto", progress=True):
+    """Noise -> teacher-sample pairs (z = sigma_max n, x = ODE(z)) for the L_dstl ablation, in one file."""
+    device = loop.resolve_device(device)
+    net, meta = load_network(teacher_path, device=device, expect_kind="teacher")
+    cfg = net.config
+    path = shard_path(out_dir, 0, prefix="pairs")
+    if path.exists():
+        return path
+    labels = torch.arange(n_pairs) % max(1, cfg.num_classes)
+    seeds = np.arange(n_pairs) + 10 ** 6 * (seed + 1) + 7  # disjoint from evaluation seeds
+    z = edm.SIGMA_MAX * image_noise(seeds, (cfg.in_channels, cfg.img_resolution, cfg.img_resolution))
+    xs = []
+    for b in tqdm(range(0, n_pairs, batch_size), desc="teacher pairs", disable=not progress):
+        x, _ = edm.ode_to_data(net, z[b:b + batch_size].to(device), labels[b:b + batch_size].to(device),
+                               num_points=num_points, clamp=clamp)
+        xs.append(x.cpu())
+    pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    _write_npz(path, z=z.numpy(), x=torch.cat(xs).numpy(), labels=labels.numpy())
+    return path
+
+
+def psnr(x, y):
+    """Peak signal-to-noise ratio in dB per image, for images in [-1, 1] (peak-to-peak 2)."""
+    mse = (x - y).flatten(1).square().mean(1).clamp_min(1e-20)
+    return 10 * torch.log10(4 / mse)
+
+
+@torch.no_grad()
+def round_trip(*, teacher_path, data_dir, resolution, out_dir, n=200, num_points=40, clamp=True, batch_size=500,
+               device="auto"):
+    """x -> z (stored latent) -> teacher ODE -> x' for the first n stored latents: PSNR and the images."""
+    device = loop.resolve_device(device)
+    net, _ = load_network(teacher_path, device=device, expect_kind="teacher")
+    lat = {k: v[:n] for k, v in load_latents(out_dir).items()}
+    images, _, _ = load_dataset(data_dir, "train", resolution)
+    x = to_model(images[lat["index"]])
+    x = torch.where(torch.as_tensor(lat["flip"]).view(-1, 1, 1, 1), x.flip(-1), x)
+    z, y = torch.as_tensor(lat["z"]), torch.as_tensor(lat["labels"])
+    back = torch.cat([edm.ode_to_data(net, z[b:b + batch_size].to(device), y[b:b + batch_size].to(device),
+                                      num_points=num_points, clamp=clamp)[0].cpu()
+                      for b in range(0, len(z), batch_size)])
+    p = psnr(back, x)
+    return {"x": x, "x_back": back, "psnr": p, "psnr_mean": float(p.mean()), "psnr_min": float(p.min())}
+
+
+def save_summary(path, summary, round_trip=None):
+    """The stage's record (the workflow's output file): encoding summary plus round-trip PSNR."""
+    record = dict(summary)
+    if round_trip is not None:
+        record.update(round_trip_psnr_mean=round_trip["psnr_mean"], round_trip_psnr_min=round_trip["psnr_min"],
+                      round_trip_images=len(round_trip["psnr"]))
+    loop.atomic_write_json(record, path)
+    return record

@@ -1,0 +1,138 @@
+"""Stage 2: the encoder's shards, the one-step generator's initialisation, G/D steps, the sampling API."""
+
+import numpy as np
+import pytest
+import torch
+
+from pagoda import decoder, edm, encode, loop, sampling
+from pagoda.checkpoints import load_network
+from pagoda.data import load_dataset
+from pagoda.discriminator import ProjectedDiscriminator
+from pagoda.features import EfficientNetLite0
+from pagoda.losses import ReconstructionDistance
+
+
+@pytest.fixture(scope="module")
+def latents(tiny_teacher, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("latents")
+    encode.encode_dataset(teacher_path=tiny_teacher, data_dir=tiny_data, resolution=8, out_dir=out, n_images=12,
+                          num_points=6, shard_size=8, progress=False, device="cpu")
+    encode.teacher_pairs(teacher_path=tiny_teacher, out_dir=out, n_pairs=16, num_points=6, progress=False,
+                         device="cpu")
+    return out
+
+
+def test_encoding_plan_pairs_images_with_their_flips():
+    idx, flip = encode.encoding_plan(100, 5, seed=3)
+    assert len(idx) == 10 and np.array_equal(idx[0::2], idx[1::2])
+    assert flip.tolist() == [False, True] * 5
+    with pytest.raises(ValueError, match="training set has"):
+        encode.encoding_plan(10, 11)
+
+
+def test_killed_encoding_resumes_and_equals_an_uninterrupted_run(tiny_teacher, tiny_data, tmp_path):
+    kw = dict(teacher_path=tiny_teacher, data_dir=tiny_data, resolution=8, n_images=10, num_points=5,
+              shard_size=6, progress=False, device="cpu")
+    encode.encode_dataset(out_dir=tmp_path / "a", **kw)
+    first = encode.encode_dataset(out_dir=tmp_path / "b", max_shards_this_call=2, **kw)
+    assert not first["complete"] and len(encode.list_shards(tmp_path / "b")) == 2
+    (tmp_path / "b" / "shard-00001.npz").unlink()  # a shard that never got written
+    encode.encode_dataset(out_dir=tmp_path / "b", **kw)
+    a, b = encode.load_latents(tmp_path / "a"), encode.load_latents(tmp_path / "b")
+    assert len(a["z"]) == 20
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_latents_decode_back_to_their_images(tiny_teacher, tiny_data, latents):
+    # The encoder is the teacher's ODE run backwards: decoding with the same ODE returns the image.
+    net, _ = load_network(tiny_teacher)
+    lat = encode.load_latents(latents)
+    images, _, _ = load_dataset(tiny_data, "train", 8)
+    x = torch.as_tensor(images[lat["index"][:4]]).float() / 127.5 - 1
+    x = torch.where(torch.as_tensor(lat["flip"][:4]).view(-1, 1, 1, 1), x.flip(-1), x)
+    back, _ = edm.ode_to_data(net, torch.as_tensor(lat["z"][:4]), torch.as_tensor(lat["labels"][:4]),
+                              num_points=6, clamp=True)
+    assert (back - x).abs().mean().item() < 0.05
+
+
+def test_generator_starts_as_the_teacher_network_at_sigma_max(tiny_teacher):
+    G = decoder.init_decoder(tiny_teacher, resolution=8)
+    teacher, _ = load_network(tiny_teacher)
+    z = 80 * torch.randn(3, 1, 8, 8)
+    y = torch.tensor([1, 2, 3])
+    raw = teacher(edm.c_in(80.0) * z, torch.full((3,), edm.c_noise(80.0)), y)
+    torch.testing.assert_close(decoder.generate(G, z, y), raw)
+    assert all(p.requires_grad for p in G.parameters())
+
+
+def make_task(tiny_teacher, tiny_data, latents, *, resolution=8, objective="reconstruction",
+              weighting="adaptive", targets=None):
+    torch.manual_seed(0)
+    G = decoder.init_decoder(tiny_teacher, resolution=resolution)
+    backbone = EfficientNetLite0(input_size=32)
+    images, labels, _ = load_dataset(tiny_data, "train", resolution)
+    pairs = encode.load_latents(latents, prefix="pairs") if objective != "reconstruction" else None
+    return decoder.DecoderTask(G, ProjectedDiscriminator(num_classes=10, backbone=backbone),
+                               ReconstructionDistance("feature", backbone=backbone),
+                               latents=encode.load_latents(latents), targets=images if targets is None else targets,
+                               train_images=images if targets is None else targets, train_labels=labels,
+                               pairs=pairs, objective=objective, weighting=weighting, batch_size=8, lr_g=1e-3)
+
+
+def params_of(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def moved(before, module):
+    return {k for k, v in module.named_parameters() if not torch.equal(before[k], v)}
+
+
+def test_g_step_moves_only_g_and_d_step_only_d(tiny_teacher, tiny_data, latents):
+    task = make_task(tiny_teacher, tiny_data, latents)
+    heads, backbone, G = task.D.heads, task.D.backbone, task.G
+    frozen_state = {k: v.clone() for k, v in backbone.state_dict().items()}  # weights and BN statistics
+    p_heads, p_g = params_of(heads), params_of(G)
+    m = task.g_step(0, loop.step_generator(0, 0))
+    assert moved(p_g, G) and not moved(p_heads, heads)
+    assert 0.2 * 0.01 <= m["lambda"] <= 0.2 * 10
+    p_heads, p_g = params_of(heads), params_of(G)
+    task.d_step(0, loop.step_generator(0, 0))
+    assert moved(p_heads, heads) and not moved(p_g, G)
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in frozen_state.items())
+    assert all(p.requires_grad for p in task.D.trainable_parameters())  # restored after the G step
+
+
+@pytest.mark.parametrize("objective,weighting", [("distillation", "adaptive"), ("both", "separate")])
+def test_objectives_and_weightings_run(tiny_teacher, tiny_data, latents, objective, weighting):
+    task = make_task(tiny_teacher, tiny_data, latents, objective=objective, weighting=weighting)
+    m = task.step(0, loop.step_generator(0, 0))
+    assert all(np.isfinite(v) for v in m.values())
+    if weighting == "separate":
+        assert m["lambda"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_step_stays_finite_on_flat_batches(tiny_teacher, tiny_data, latents, value):
+    images, _, _ = load_dataset(tiny_data, "train", 8)
+    flat = np.full_like(images, value)
+    task = make_task(tiny_teacher, tiny_data, latents, targets=flat)
+    m = task.step(0, loop.step_generator(0, 0))
+    assert all(np.isfinite(v) for v in m.values()), m
+    assert all(torch.isfinite(p).all() for p in task.G.parameters())
+
+
+def test_train_decoder_and_the_common_sampling_api(tiny_teacher, tiny_data, latents, tmp_path):
+    summary = decoder.train_decoder(data_dir=tiny_data, latents_dir=latents, init_path=tiny_teacher,
+                                    run_dir=tmp_path / "run", out_path=tmp_path / "G.pt", resolution=8, steps=3,
+                                    batch_size=8, feature_size=32, checkpoint_every=2, device="cpu",
+                                    progress=False)
+    assert summary["steps"] == 3 and summary["latent_pairs"] == 24
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    for path, nfe in ((tmp_path / "G.pt", 1), (tiny_teacher, 11)):
+        sample, meta = sampling.load_sampler(path, num_points=6, batch_size=2)
+        x, n = sample(labels, sampling.seeds_for(5, 0))
+        assert x.shape == (5, 1, 8, 8) and n == nfe and x.abs().max() <= 1
+        again, _ = sample(labels, sampling.seeds_for(5, 0))
+        assert torch.equal(x, again)  # seeded per image
+    assert meta["kind"] == "teacher"

@@ -1,0 +1,135 @@
+"""DiffAugment, the reconstruction distances, the hinge terms, the adaptive weight, the projected D."""
+
+import pytest
+import torch
+
+from pagoda import diffaug
+from pagoda.discriminator import ProjectedDiscriminator
+from pagoda.features import EfficientNetLite0
+from pagoda.losses import (ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss, l2,
+                           normalized_feature_distance, pseudo_huber)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return EfficientNetLite0(input_size=32)
+
+
+def params(n=4, res=16, seed=0):
+    return diffaug.sample_params(n, res, generator=torch.Generator().manual_seed(seed))
+
+
+def test_diffaug_parameter_ranges():
+    p = diffaug.sample_params(2000, 16, generator=torch.Generator().manual_seed(0))
+    assert -0.5 <= p["brightness"].min() and p["brightness"].max() <= 0.5
+    assert 0 <= p["saturation"].min() and p["saturation"].max() <= 2
+    assert 0.5 <= p["contrast"].min() and p["contrast"].max() <= 1.5
+    assert p["shift"].abs().max().item() == 2  # round(16 / 8)
+    assert p["cutout_size"] == 3  # round(0.2 * 16)
+
+
+def test_translation_matches_a_direct_shift():
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5) + 1
+    out = diffaug.translate(x, torch.tensor([[1, -2], [0, 0]]))
+    expected = torch.zeros(5, 5)
+    expected[1:, :3] = x[0, 0, :4, 2:]  # down by 1, left by 2, zeros shifted in
+    assert torch.equal(out[0, 0], expected)
+    assert torch.equal(out[1], x[1])
+
+
+def test_cutout_zeroes_the_square_it_names():
+    x = torch.ones(1, 2, 8, 8)
+    out = diffaug.cut_out(x, torch.tensor([[4, 1]]), 3)
+    mask = torch.ones(8, 8)
+    mask[3:6, 0:3] = 0  # rows 4-1..4+1, cols 1-1..1+1
+    assert torch.equal(out[0, 0], mask) and torch.equal(out[0, 1], mask)
+    clipped = diffaug.cut_out(x, torch.tensor([[0, 7]]), 3)[0, 0]
+    assert clipped[:2, 6:].eq(0).all() and clipped.eq(0).sum() == 4  # clipped at the border
+
+
+def test_same_parameters_give_the_same_geometry_to_both_images_of_a_pair():
+    p = params()
+    geometry = {**p, "brightness": torch.zeros(4), "saturation": torch.ones(4), "contrast": torch.ones(4)}
+    a = torch.rand(4, 1, 16, 16) + 0.1
+    aa, bb = diffaug.augment(a, geometry), diffaug.augment(2 * a, geometry)
+    # Same shift and cutout: the second image is exactly twice the first, zeros in the same places.
+    assert torch.equal(bb, 2 * aa)
+    assert (aa == 0).any() and torch.equal(aa == 0, bb == 0)
+    b = torch.rand(4, 1, 16, 16)
+    assert torch.equal(diffaug.augment(b, p), diffaug.augment(b, p))  # deterministic given the parameters
+    assert not torch.equal(diffaug.augment(b, params(seed=1)), diffaug.augment(b, p))
+
+
+def test_feature_distance_is_zero_for_identical_images_and_positive_otherwise(backbone):
+    d = ReconstructionDistance("feature", backbone=backbone)
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    p = params()
+    assert torch.allclose(d(x, x.clone(), params=p), torch.zeros(4), atol=1e-6)
+    y = torch.rand(4, 1, 16, 16) * 2 - 1
+    out = d(y, x, params=p)
+    assert out.shape == (4,) and bool((out > 0).all())
+
+
+def test_normalized_feature_distance_formula():
+    a, b = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2)
+    na, nb = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    expected = ((na - nb) ** 2).mean(dim=(2, 3)).sum(1) * 2
+    torch.testing.assert_close(normalized_feature_distance([a, a * 3], [b, b]), expected)
+
+
+def test_pixel_distances():
+    x, y = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    torch.testing.assert_close(l2(x, y), torch.ones(2))
+    c = 0.00054 * 4
+    torch.testing.assert_close(pseudo_huber(x, y), torch.full((2,), (16 + c * c) ** 0.5 - c))
+    with pytest.raises(ValueError, match="unknown distance"):
+        ReconstructionDistance("lpips")
+
+
+@pytest.mark.parametrize("value", [-1.0, 1.0])
+def test_losses_and_gradients_stay_finite_on_flat_images(backbone, value):
+    d = ReconstructionDistance("feature", backbone=backbone)
+    D = ProjectedDiscriminator(num_classes=10, backbone=backbone)
+    x = torch.full((4, 1, 16, 16), value, requires_grad=True)
+    target = torch.full((4, 1, 16, 16), value)
+    loss = d(x, target, params=params()).mean() + g_hinge_loss(D(x, torch.arange(4)))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+def test_hinge_losses():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert d_hinge_loss(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert g_hinge_loss(fake).item() == pytest.approx(1.0)
+
+
+def test_adaptive_weight_matches_its_formula_on_known_gradients():
+    # L_rec = |W a|^2 and L_adv = c sum(W) have gradients 2 (W a) a^T and c 1 (a matrix of ones).
+    W = torch.tensor([[1.0, -2.0], [0.5, 3.0]], requires_grad=True)
+    a, c = torch.tensor([1.0, 2.0]), 0.3
+    rec, adv = (W @ a).square().sum(), c * W.sum()
+    g_rec = torch.autograd.grad(rec, W)[0]
+    g_adv = torch.autograd.grad(adv, W)[0]
+    expected_rec = 2 * torch.outer(W @ a, a)
+    torch.testing.assert_close(g_rec, expected_rec.detach())
+    ratio = expected_rec.norm() / (c * 2 + 1e-4)  # |c 1_{2x2}| = 2c
+    lam = adaptive_weight(g_rec, g_adv, weight=0.2)
+    assert lam.item() == pytest.approx(0.2 * min(max(ratio.item(), 0.01), 10.0))
+    assert not lam.requires_grad
+    # The ratio is clipped to [0.01, 10].
+    assert adaptive_weight(torch.ones(3) * 1e3, torch.ones(3), weight=1.0).item() == pytest.approx(10.0)
+    assert adaptive_weight(torch.zeros(3), torch.ones(3), weight=1.0).item() == pytest.approx(0.01)
+
+
+def test_discriminator_shapes_conditioning_and_frozen_backbone(backbone):
+    D = ProjectedDiscriminator(num_classes=10, backbone=backbone)
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    out = D(x, torch.tensor([0, 1, 2]))
+    assert out.ndim == 2 and out.shape[0] == 3
+    assert not torch.allclose(out, D(x, torch.tensor([3, 4, 5])))
+    assert all(not p.requires_grad for p in D.backbone.parameters())
+    assert all(not p.requires_grad for p in D.projection.parameters())
+    names = {id(p) for p in D.trainable_parameters()}
+    assert names.isdisjoint({id(p) for p in D.backbone.parameters()})
+    unconditional = ProjectedDiscriminator(num_classes=0, backbone=backbone)
+    assert unconditional(x, None).shape[0] == 3
