@@ -67,6 +67,8 @@ def decoder_parameters(res):
         growth_head=dec["growth_head"],
         sigma_max=dec["sigma_max"],
         checkpoint_every=dec["checkpoint_every"],
+        previous_path=decoder_path(RESOLUTIONS[i - 1]) if i > 0 else None,
+        base_path=decoder_path(BASE) if i > 0 else None,
         seed=config["seed"],
         device=config["device"],
     )

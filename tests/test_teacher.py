@@ -150,3 +150,17 @@ def test_ddp_with_gloo_matches_a_single_process(real_data, tmp_path):
     for k, v in single.net.state_dict().items():
         assert torch.equal(r0["weights"][k], r1["weights"][k]), k
         assert (r0["weights"][k] - v).abs().max().item() < 0.05 * moved, k
+
+
+def test_changed_configuration_restarts_instead_of_resuming(real_data, tmp_path):
+    kw = dict(data_dir=real_data, resolution=8, run_dir=tmp_path / "run", out_path=tmp_path / "t.pt", network=TINY,
+              batch_size=16, checkpoint_every=2, progress=False, device="cpu")
+    train_teacher(total_steps=4, lr=1e-3, **kw)
+    assert json.loads((tmp_path / "run" / "timing.json").read_text())["attempts"] == 1
+    train_teacher(total_steps=6, lr=1e-3, **kw)  # more steps, same configuration: continues from step 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((tmp_path / "run" / "timing.json").read_text())["attempts"] == 2
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    train_teacher(total_steps=6, lr=2e-3, **kw)  # another learning rate: starts again from scratch
+    assert json.loads((tmp_path / "run" / "timing.json").read_text())["attempts"] == 1
+    assert [p.name for p in loop.checkpoint_paths(tmp_path / "run")] == ["step-00000004.pt", "step-00000006.pt"]

@@ -14,9 +14,9 @@ import torch
 
 from . import diffaug, edm, loop
 from .checkpoints import load_network, save_network
-from .data import load_dataset, to_model
+from .data import dataset_path, load_dataset, to_model
 from .discriminator import ProjectedDiscriminator
-from .encode import load_latents
+from .encode import list_shards, load_latents
 from .features import EfficientNetLite0
 from .losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
 from .networks import UNet, grow, num_params
@@ -266,6 +266,14 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
                        pairs=pairs, objective=objective, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d,
                        gan_weight=gan_weight, weighting=weighting, ema_decay=ema_decay, sigma_max=sigma_max,
                        device=device)
+    loop.prepare_run_dir(run_dir, {
+        "stage": "decoder", "resolution": resolution, "batch_size": batch_size, "lr_g": lr_g, "lr_d": lr_d,
+        "gan_weight": gan_weight, "weighting": weighting, "ema_decay": ema_decay, "distance": distance,
+        "objective": objective, "feature_size": feature_size, "d_feature_size": d_feature_size,
+        "network": G.config.to_dict(), "trainable_output_blocks": trainable_output_blocks, "sigma_max": sigma_max,
+        "seed": seed, "world_size": loop.world_size(), "init": loop.file_fingerprint(init_path),
+        "latents": [loop.file_fingerprint(p) for p in list_shards(latents_dir)],
+        "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))})
     rows = loop.run(task, run_dir=run_dir, total_steps=steps, seed=seed, checkpoint_every=checkpoint_every,
                     log_every=log_every, device=device, progress=progress, desc=f"decoder {resolution}",
                     max_steps_this_call=max_steps_this_call)
@@ -294,3 +302,28 @@ def reconstructions(decoder_path, *, latents_dir, data_dir, n=10, device="cpu"):
     x_hat = generate(net, torch.as_tensor(lat["z"]).to(device), labels,
                      sigma_max=meta.get("sigma_max", edm.SIGMA_MAX)).clamp(-1, 1).cpu()
     return x, x_hat
+
+
+@torch.no_grad()
+def same_noise_samples(paths, *, n=10, seed=0, labels=None, device="cpu"):
+    """One-step samples of several decoders (e.g. consecutive stages) from the same z and labels."""
+    from .sampling import class_labels, image_noise, seeds_for
+    nets = [load_network(p, device=device, expect_kind="decoder") for p in paths]
+    cfg = nets[0][0].config
+    z = edm.SIGMA_MAX * image_noise(seeds_for(n, seed), (cfg.in_channels, cfg.img_resolution, cfg.img_resolution),
+                                    device)
+    y = class_labels(n, cfg.num_classes) if labels is None else torch.as_tensor(labels)
+    y = y.to(device) if y is not None else None
+    return [generate(net, z, y, sigma_max=meta.get("sigma_max", edm.SIGMA_MAX)).clamp(-1, 1).cpu()
+            for net, meta in nets]
+
+
+def placement_error(high, base):
+    """Mean |resize(high, base res) - base| on the [0, 1] intensity scale, per image and averaged.
+
+    PaGoDA's claim (Sec. 3.2): growing keeps objects where the base generator put them, so the
+    grown output seen at the base resolution matches the base output for the same z.
+    """
+    from .data import resize
+    per_image = (resize(high, base.shape[-1]) - base).abs().flatten(1).mean(1) / 2
+    return per_image

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from . import edm, loop
 from .checkpoints import load_network
-from .data import load_dataset, to_model
+from .data import dataset_path, load_dataset, to_model
 from .sampling import image_noise
 
 
@@ -55,6 +55,11 @@ def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, fli
     net, _ = load_network(teacher_path, device=device, expect_kind="teacher")
     images, labels, _ = load_dataset(data_dir, "train", resolution)
     idx, flip = encoding_plan(len(images), n_images, flips=flips, seed=seed)
+    loop.prepare_run_dir(out_dir, {"stage": "encode", "n_images": n_images, "flips": flips, "num_points": num_points,
+                                   "clamp": clamp, "shard_size": shard_size, "seed": seed,
+                                   "teacher": loop.file_fingerprint(teacher_path),
+                                   "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))},
+                         stale=("shard-*.npz", "pairs-*.npz"))
     n_shards = -(-len(idx) // shard_size)
     todo = [k for k in range(n_shards) if not shard_path(out_dir, k).exists()]
     if max_shards_this_call is not None:
@@ -112,7 +117,7 @@ def teacher_pairs(*, teacher_path, out_dir, n_pairs, num_points=40, clamp=True, 
     net, meta = load_network(teacher_path, device=device, expect_kind="teacher")
     cfg = net.config
     path = shard_path(out_dir, 0, prefix="pairs")
-    if path.exists():
+    if path.exists() and len(np.load(path)["z"]) == n_pairs:
         return path
     labels = torch.arange(n_pairs) % max(1, cfg.num_classes)
     seeds = np.arange(n_pairs) + 10 ** 6 * (seed + 1) + 7  # disjoint from evaluation seeds

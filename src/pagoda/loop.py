@@ -174,6 +174,39 @@ def load_training_state(task, path, device):
 
 
 # ----------------------------------------------------------------------------
+# Run folders.
+
+def file_fingerprint(path):
+    """Identity of an input file for resumption checks: (size, mtime)."""
+    st = pathlib.Path(path).stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def prepare_run_dir(run_dir, fingerprint, *, stale=("checkpoints", "metrics.jsonl", "timing.json")):
+    """Keep `run_dir`'s partial results only if they were made with the same `fingerprint`.
+
+    The fingerprint (JSON-serialisable: hyperparameters and input-file identities) is stored in
+    run_dir/run.json. When it differs from the stored one, the `stale` entries are removed, so a
+    changed configuration or a retrained input starts afresh while a killed run resumes.
+    Returns True when old results were discarded.
+    """
+    import shutil
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "run.json"
+    fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples, paths
+    discarded = False
+    if path.exists() and json.loads(path.read_text()) != fingerprint:
+        for name in stale:
+            for p in run_dir.glob(name):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        discarded = True
+    if rank() == 0:
+        atomic_write_json(fingerprint, path)
+    return discarded
+
+
+# ----------------------------------------------------------------------------
 # The loop.
 
 def _read_metrics(path, upto):
@@ -187,6 +220,7 @@ def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, log_every=N
         progress=True, desc="train", max_steps_this_call=None):
     """Train `task` up to `total_steps`, resuming from the latest checkpoint in `run_dir`.
 
+    Callers check `prepare_run_dir` first so that only checkpoints of the same configuration resume.
     Writes run_dir/metrics.jsonl (one JSON row per `log_every` steps, default ~100 rows per run,
     step-indexed so a resumed run rewrites the rows after its checkpoint), run_dir/checkpoints/step-*.pt (every `checkpoint_every`
     steps and at the end) and run_dir/timing.json (wall-clock seconds summed over all attempts).
@@ -196,9 +230,9 @@ def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, log_every=N
     run_dir.mkdir(parents=True, exist_ok=True)
     log_every = log_every or max(1, total_steps // 100)
     start = 0
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        start = load_training_state(task, ckpt, device)
+    usable = [p for p in checkpoint_paths(run_dir) if int(p.stem.split("-")[1]) <= total_steps]
+    if usable:  # (a run with fewer total steps than a previous one restarts from an earlier checkpoint)
+        start = load_training_state(task, usable[-1], device)
     metrics_path = run_dir / "metrics.jsonl"
     rows = _read_metrics(metrics_path, start)
     timing_path = run_dir / "timing.json"

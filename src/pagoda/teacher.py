@@ -6,7 +6,7 @@ import torch
 
 from . import edm, loop
 from .checkpoints import save_network
-from .data import load_dataset, to_model
+from .data import dataset_path, load_dataset, to_model
 from .networks import UNet, UNetConfig, num_params
 
 
@@ -77,6 +77,10 @@ def train_teacher(*, data_dir, resolution, run_dir, out_path, network, total_ste
                         "out_channels": images.shape[1], "num_classes": len(classes)})
     task = TeacherTask(UNet(cfg), images, labels, batch_size=batch_size, lr=lr, lr_warmup_steps=lr_warmup_steps,
                        ema_decay=ema_decay, p_mean=p_mean, p_std=p_std, device=device)
+    loop.prepare_run_dir(run_dir, {"stage": "teacher", "network": cfg.to_dict(), "batch_size": batch_size, "lr": lr,
+                                   "lr_warmup_steps": lr_warmup_steps, "ema_decay": ema_decay, "p_mean": p_mean,
+                                   "p_std": p_std, "seed": seed, "world_size": loop.world_size(),
+                                   "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))})
     rows = loop.run(task, run_dir=run_dir, total_steps=total_steps, seed=seed, checkpoint_every=checkpoint_every,
                     log_every=log_every, device=device, progress=progress, desc="teacher",
                     max_steps_this_call=max_steps_this_call)
