@@ -15,9 +15,11 @@ include: "rules/data.smk"
 include: "rules/teacher.smk"
 include: "rules/encode.smk"
 include: "rules/decoder.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
-    """Default target: everything implemented so far (the decoder at every resolution)."""
+    """Default target: the whole study, ending in results/fid_table.csv and the report."""
     input:
-        [decoder_path(r) for r in RESOLUTIONS],
+        f"{R}/fid_table.csv",

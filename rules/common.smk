@@ -1,6 +1,7 @@
 # Shared helpers (paths, semantic config checks, the papermill command), included first by the Snakefile.
 import json
 
+from pagoda import evaluate
 from pagoda.workflow import check_config
 
 check_config(config)
@@ -72,3 +73,60 @@ def decoder_parameters(res):
         seed=config["seed"],
         device=config["device"],
     )
+
+
+def reference_path(res):
+    return f"{R}/eval/reference_{res}.npz"
+
+
+def record_path(method, res):
+    return f"{R}/eval/{method}_{res}.json"
+
+
+def samples_path(method, res):
+    return f"{R}/eval/samples/{method}_{res}.npz"
+
+
+# The generator behind each *_bicubic row, whose base-resolution samples it upsamples.
+BICUBIC_SOURCE = {"teacher_ode_bicubic": "teacher_ode", "stage2_bicubic": "pagoda"}
+
+
+def evaluation_inputs(wildcards):
+    """What one (method, resolution) row needs besides its reference statistics."""
+    method, res = wildcards.method, int(wildcards.res)
+    if not evaluate.applies(method, res, RESOLUTIONS):
+        raise ValueError(f"{method} has no row at {res}")
+    if method == "teacher_ode":
+        return {"teacher": TEACHER}
+    if method == "pagoda":
+        return {"decoder": decoder_path(res)}
+    if method in BICUBIC_SOURCE:
+        return {"base_samples": samples_path(BICUBIC_SOURCE[method], BASE)}
+    return {"data": data_file("test", BASE if method == "data_bicubic" else res)}
+
+
+def evaluation_parameters(wildcards):
+    method, res, ev = wildcards.method, int(wildcards.res), config["evaluate"]
+    base = BICUBIC_SOURCE.get(method)
+    return notebook_parameters(
+        method=method,
+        resolution=res,
+        resolutions=RESOLUTIONS,
+        reference_path=reference_path(res),
+        out_path=record_path(method, res),
+        samples_path=samples_path(method, res),
+        data_dir=f"{R}/data",
+        teacher_path=TEACHER if method == "teacher_ode" else None,
+        decoder_path=decoder_path(res) if method == "pagoda" else None,
+        base_samples_path=samples_path(base, BASE) if base else None,
+        n_samples=ev["n_samples"],
+        num_points=ev["num_points"],
+        feature_size=ev["feature_size"],
+        k=ev["k"],
+        inception_dir=ev["inception_dir"],
+        seed=config["seed"],
+        device=config["device"],
+    )
+
+
+FIGURES = ["fd_vs_resolution", "recall_vs_resolution", "speed_quality"] + [f"samples_{r}" for r in RESOLUTIONS]

@@ -59,7 +59,8 @@ def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, fli
                                    "clamp": clamp, "shard_size": shard_size, "seed": seed,
                                    "teacher": loop.file_fingerprint(teacher_path),
                                    "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))},
-                         stale=("shard-*.npz", "pairs-*.npz"))
+                         stale=("shard-*.npz", "pairs-*.npz", "timing.json"))
+    timing = loop.read_timing(out_dir)
     n_shards = -(-len(idx) // shard_size)
     todo = [k for k in range(n_shards) if not shard_path(out_dir, k).exists()]
     if max_shards_this_call is not None:
@@ -80,6 +81,8 @@ def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, fli
         encoded += len(x)
         _write_npz(shard_path(out_dir, k), z=torch.cat(zs).numpy().astype(np.float32), labels=y.numpy(),
                    index=idx[sl], flip=flip[sl])
+        loop.atomic_write_json({"seconds": timing["seconds"] + seconds, "attempts": timing["attempts"] + 1,
+                                "device": loop.device_name(device)}, out_dir / "timing.json")
     summary = latent_summary(out_dir)
     summary.update(nfe_per_image=nfe, num_points=num_points, clamp=clamp, resolution=resolution,
                    device=loop.device_name(device), shards=n_shards, complete=len(list_shards(out_dir)) == n_shards)

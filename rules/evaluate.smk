@@ -1,0 +1,52 @@
+rule compute_reference:
+    """Reference features and statistics of the training images at one resolution (notebook 05)."""
+    input:
+        notebook="notebooks/05_reference.ipynb",
+        data=lambda wildcards: data_file("train", wildcards.res),
+    output:
+        reference=f"{R}/eval/reference_{{res}}.npz",
+    log:
+        notebook=f"{R}/notebooks/05_reference_{{res}}.ipynb",
+        stderr=f"{R}/logs/compute_reference_{{res}}.log",
+    wildcard_constraints:
+        res="|".join(str(r) for r in RESOLUTIONS),
+    params:
+        parameters=lambda wildcards: notebook_parameters(
+            data_dir=f"{R}/data",
+            resolution=int(wildcards.res),
+            out_path=reference_path(wildcards.res),
+            n_images=config["evaluate"]["n_reference"],
+            feature_size=config["evaluate"]["feature_size"],
+            inception_dir=config["evaluate"]["inception_dir"],
+            seed=config["seed"],
+            device=config["device"],
+        ),
+    conda:
+        "../envs/pagoda.yaml"
+    threads: workflow.cores
+    shell:
+        PAPERMILL
+
+
+rule evaluate_method:
+    """Score one method's images at one resolution against the training images (notebook 06)."""
+    input:
+        unpack(evaluation_inputs),
+        notebook="notebooks/06_evaluate.ipynb",
+        reference=lambda wildcards: reference_path(wildcards.res),
+    output:
+        record=f"{R}/eval/{{method}}_{{res}}.json",
+        samples=f"{R}/eval/samples/{{method}}_{{res}}.npz",
+    log:
+        notebook=f"{R}/notebooks/06_evaluate_{{method}}_{{res}}.ipynb",
+        stderr=f"{R}/logs/evaluate_{{method}}_{{res}}.log",
+    wildcard_constraints:
+        method="|".join(evaluate.METHODS),
+        res="|".join(str(r) for r in RESOLUTIONS),
+    params:
+        parameters=evaluation_parameters,
+    conda:
+        "../envs/pagoda.yaml"
+    threads: workflow.cores
+    shell:
+        PAPERMILL

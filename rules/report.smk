@@ -1,0 +1,28 @@
+rule make_report:
+    """Collect the records into the tables, draw the figures, check the paper's claims (notebook 08)."""
+    input:
+        notebook="notebooks/08_report.ipynb",
+        records=[record_path(m, r) for m, r in evaluate.rows(RESOLUTIONS)],
+        stages=[TEACHER, LATENTS] + [decoder_path(r) for r in RESOLUTIONS],
+    output:
+        table=f"{R}/fid_table.csv",
+        costs=f"{R}/stage_costs.csv",
+        figures=[f"{R}/figures/{name}.png" for name in FIGURES],
+    log:
+        notebook=f"{R}/notebooks/08_report.ipynb",
+        stderr=f"{R}/logs/make_report.log",
+    params:
+        parameters=notebook_parameters(
+            results_dir=R,
+            resolutions=RESOLUTIONS,
+            record_paths=[record_path(m, r) for m, r in evaluate.rows(RESOLUTIONS)],
+            samples_dir=f"{R}/eval/samples",
+            table_path=f"{R}/fid_table.csv",
+            costs_path=f"{R}/stage_costs.csv",
+            figures_dir=f"{R}/figures",
+        ),
+    conda:
+        "../envs/pagoda.yaml"
+    threads: 1
+    shell:
+        PAPERMILL
