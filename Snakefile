@@ -16,6 +16,7 @@ include: "rules/teacher.smk"
 include: "rules/encode.smk"
 include: "rules/decoder.smk"
 include: "rules/evaluate.smk"
+include: "rules/inverse.smk"
 include: "rules/report.smk"
 
 

@@ -130,3 +130,8 @@ def evaluation_parameters(wildcards):
 
 
 FIGURES = ["fd_vs_resolution", "recall_vs_resolution", "speed_quality"] + [f"samples_{r}" for r in RESOLUTIONS]
+
+TOP = RESOLUTIONS[-1]
+CLASSIFIER = f"{R}/classifier/classifier.pt"
+INVERSE_FIGURES = [f"inverse_{t}" for t in (f"sr{TOP // BASE}", "inpaint_box", "inpaint_random", "deblur")] + [
+    "class_transfer", "interpolation"]

@@ -1,15 +1,17 @@
 rule make_report:
-    """Collect the records into the tables, draw the figures, check the paper's claims (notebook 08)."""
+    """Collect the records into the tables, draw the figures, check the paper's claims (notebook 09)."""
     input:
-        notebook="notebooks/08_report.ipynb",
+        notebook="notebooks/09_report.ipynb",
         records=[record_path(m, r) for m, r in evaluate.rows(RESOLUTIONS)],
         stages=[TEACHER, LATENTS] + [decoder_path(r) for r in RESOLUTIONS],
+        inverse=f"{R}/inverse_table.csv",
+        transfer=f"{R}/class_transfer.csv",
     output:
         table=f"{R}/fid_table.csv",
         costs=f"{R}/stage_costs.csv",
         figures=[f"{R}/figures/{name}.png" for name in FIGURES],
     log:
-        notebook=f"{R}/notebooks/08_report.ipynb",
+        notebook=f"{R}/notebooks/09_report.ipynb",
         stderr=f"{R}/logs/make_report.log",
     params:
         parameters=notebook_parameters(
@@ -18,6 +20,8 @@ rule make_report:
             record_paths=[record_path(m, r) for m, r in evaluate.rows(RESOLUTIONS)],
             samples_dir=f"{R}/eval/samples",
             table_path=f"{R}/fid_table.csv",
+            inverse_path=f"{R}/inverse_table.csv",
+            transfer_path=f"{R}/class_transfer.csv",
             costs_path=f"{R}/stage_costs.csv",
             figures_dir=f"{R}/figures",
         ),

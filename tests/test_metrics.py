@@ -26,6 +26,18 @@ def test_frechet_distance_of_shifted_gaussians_is_closed_form():
     assert metrics.frechet_distance(metrics.statistics(a), metrics.statistics(b)) == pytest.approx(45, rel=0.02)
 
 
+def test_frechet_distance_agrees_with_clean_fid():
+    from cleanfid.fid import frechet_distance as clean
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(500, 40)) @ rng.normal(size=(40, 40))
+    b = rng.normal(size=(500, 40)) @ rng.normal(size=(40, 40)) + 0.3
+    sa, sb = metrics.statistics(a), metrics.statistics(b)
+    assert metrics.frechet_distance(sa, sb) == pytest.approx(clean(sa[0], sa[1], sb[0], sb[1]), rel=1e-7)
+    # Rank-deficient covariances (fewer samples than dimensions), as with small evaluation sets.
+    sa, sb = metrics.statistics(a[:20]), metrics.statistics(b[:20])
+    assert metrics.frechet_distance(sa, sb) == pytest.approx(clean(sa[0], sa[1], sb[0], sb[1]), rel=1e-4)
+
+
 def test_precision_recall_on_separated_clusters():
     rng = np.random.default_rng(0)
     real = np.concatenate([rng.normal(0, 0.1, (200, 2)), rng.normal((10, 0), 0.1, (200, 2))])

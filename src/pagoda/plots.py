@@ -136,3 +136,17 @@ def image_rows(rows, row_labels, *, title=None):
     ax = image_grid(x, nrow=len(rows), row_labels=row_labels, title=title, cell=0.7 * max(1, res / 16) ** 0.5)
     ax.figure.set_size_inches(max(4.0, 0.55 * n * max(1, res / 16) ** 0.5 + 1.5), 0.75 * len(rows) + 0.6)
     return ax.figure
+
+
+def curves(named, *, xlabel="step", ylabel="", logy=False):
+    """One line per entry of {name: sequence of values}."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for name, ys in named.items():
+        ax.plot(np.arange(1, len(ys) + 1), ys, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,111 @@
+"""Inverse problems: forward operators and adjoints, latent optimisation, baselines, the stage on tiny data."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from pagoda import classifier, decoder, inverse, inverse_study
+from pagoda.checkpoints import save_network
+from pagoda.data import resize
+
+
+def operators():
+    shape = (1, 16, 16)
+    return [inverse.Downsample(shape, 4), inverse.Mask(inverse.center_box_mask(16)),
+            inverse.Mask(inverse.random_pixel_mask(3, 16, seed=1)), inverse.GaussianBlur(shape, 1.2)]
+
+
+@pytest.mark.parametrize("op", operators(), ids=["downsample", "box", "random", "blur"])
+def test_adjoint_identity(op):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1, 16, 16, generator=g, dtype=torch.float64)
+    y = torch.randn(op(x).shape, generator=g, dtype=torch.float64)
+    lhs = (op(x) * y).sum()
+    rhs = (x * op.adjoint(y)).sum()
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-10)
+
+
+def test_operators_match_direct_computations():
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(inverse.Downsample((1, 16, 16), 4)(x), resize(x, 4))
+    mask = inverse.center_box_mask(16, 0.5)
+    assert mask[0, 0, 4:12, 4:12].eq(0).all() and mask.sum() == 256 - 64
+    torch.testing.assert_close(inverse.Mask(mask)(x), x * mask)
+    blur = inverse.GaussianBlur((1, 16, 16), 1.2)
+    expected = np.stack([ndimage.gaussian_filter(a[0], 1.2, mode="mirror", truncate=3.0)[None] for a in x.numpy()])
+    np.testing.assert_allclose(blur(x).numpy(), expected, rtol=1e-6, atol=1e-9)
+    m = inverse.random_pixel_mask(50, 16, missing=0.5, seed=0)
+    assert abs(m.mean().item() - 0.5) < 0.02
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    torch.testing.assert_close(inverse.slerp(a, b, torch.zeros(2, 1)), a)
+    torch.testing.assert_close(inverse.slerp(a, b, torch.ones(2, 1)), b, rtol=1e-4, atol=1e-5)
+    unit = lambda v: v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # noqa: E731
+    b = a * 3 + 0.5 * torch.randn_like(a)
+    mid = inverse.slerp(unit(a), unit(b), torch.full((2, 1), 0.5))  # stays on the unit sphere
+    assert mid.flatten(1).norm(dim=1).allclose(torch.ones(2), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def grown(tiny_teacher, tmp_path_factory):
+    """A decoder grown 8 -> 16 from the tiny teacher (perturbed so the new layers are not zero)."""
+    G = decoder.init_decoder(tiny_teacher, resolution=16)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("grown") / "decoder.pt"
+    save_network(path, G, kind="decoder", meta={"sigma_max": 80.0})
+    return path
+
+
+def test_latent_optimisation_lowers_the_data_fit_on_a_known_case(grown):
+    # y comes from the generator itself, so a perfect latent exists; Adam must close most of the gap.
+    from pagoda.checkpoints import load_network
+    G, _ = load_network(grown)
+    labels = torch.tensor([0, 1, 2, 3])
+    z_true = 80 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    A = inverse.Mask(inverse.center_box_mask(16))
+    with torch.no_grad():
+        y = A(decoder.generate(G, z_true, labels))
+    z0 = 80 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    x, z, losses = inverse.optimize_latent(G, A, y, labels, z0=z0, steps=60, lr=0.05)
+    assert losses[-1] < 0.2 * losses[0]
+    assert x.shape == (4, 1, 16, 16) and x.abs().max() <= 1
+
+
+def test_baselines_restore_something():
+    x = -torch.ones(2, 1, 16, 16)  # black background, as in Fashion-MNIST
+    x[:, :, 4:12, 4:12] = 0.8
+    m = inverse.random_pixel_mask(2, 16, seed=0)
+    filled = inverse.biharmonic(x * m, m)
+    assert (filled - x).abs().mean() < (x * m - x).abs().mean()
+    blur = inverse.GaussianBlur((1, 16, 16), 1.0)
+    y = blur(x)
+    sharp = inverse.richardson_lucy(y, blur, iterations=30)
+    assert (sharp - x).abs().mean() < (y - x).abs().mean()
+    assert inverse.psnr(x, x).min() > 100 and inverse.ssim(x, x).min() == pytest.approx(1.0)
+
+
+def test_inverse_stage_on_tiny_data(tiny_teacher, grown, tiny_data, tmp_path):
+    clf = classifier.train_classifier(data_dir=tiny_data, resolution=16, run_dir=tmp_path / "clf",
+                                      out_path=tmp_path / "clf.pt", steps=5, batch_size=8, width=4, progress=False,
+                                      device="cpu")
+    assert 0 <= clf["test_accuracy"] <= 1
+    study = inverse_study.run_study(data_dir=tiny_data, teacher_path=tiny_teacher, decoder_path=grown,
+                                    classifier_path=tmp_path / "clf.pt", n_images=12, num_points=5, feature_size=32,
+                                    device="cpu", opt_steps=3, rl_iterations=5)
+    table = study["table"]
+    assert set(zip(table.task, table.method)) == {
+        ("sr2", "pagoda"), ("sr2", "pagoda_optim"), ("sr2", "bicubic"), ("inpaint_box", "pagoda"),
+        ("inpaint_box", "biharmonic"), ("inpaint_random", "pagoda"), ("inpaint_random", "biharmonic"),
+        ("deblur", "pagoda"), ("deblur", "richardson_lucy")}
+    assert list(table.columns) == ["task", "method", "psnr", "ssim", "perceptual", "fd_effnet", "sec_per_image",
+                                   "n_images"]
+    assert np.isfinite(table[["psnr", "ssim", "perceptual", "fd_effnet"]].to_numpy()).all()
+    t = study["transfer"].iloc[0]
+    assert 0 <= t.target_accuracy <= 1 and t.classifier_test_accuracy == clf["test_accuracy"]
+    assert len(study["interpolation"]) >= 1 and study["interpolation"][0].shape == (8, 1, 16, 16)
