@@ -1,7 +1,7 @@
 # Shared helpers (paths, semantic config checks, the papermill command), included first by the Snakefile.
 import json
 
-from pagoda import evaluate
+from pagoda import encode, evaluate
 from pagoda.workflow import check_config
 
 check_config(config)
@@ -22,7 +22,9 @@ PAPERMILL = (
 
 
 def data_file(split, resolution):
-    return f"{R}/data/{split}_{resolution}.npz"
+    """Arrays for embedded data and image folders; a stream description (.json) for imagenet."""
+    ext = "json" if config["data"]["source"] == "imagenet" else "npz"
+    return f"{R}/data/{split}_{resolution}.{ext}"
 
 
 def notebook_parameters(**parameters):
@@ -30,6 +32,51 @@ def notebook_parameters(**parameters):
     return json.dumps(parameters)
 
 LATENTS = f"{R}/latents/summary.json"
+# The encoder's shard files: one job each, so that a cluster runs them in parallel.
+LATENT_SHARDS = [f"{R}/latents/shard-{k:05d}.npz" for k in range(
+    encode.num_shards(config["encode"]["n_images"], config["encode"]["shard_size"]))]
+
+
+def teacher_parameters():
+    """Notebook 02's parameters: train the teacher, or import it when teacher.import_path is set."""
+    t = config["teacher"]
+    return notebook_parameters(
+        data_dir=f"{R}/data",
+        resolution=BASE,
+        run_dir=f"{R}/teacher",
+        teacher_path=TEACHER,
+        network=t["network"],
+        import_path=t.get("import_path"),
+        steps=t.get("steps", 0),
+        batch_size=t.get("batch_size", 0),
+        lr=t.get("lr", 0),
+        lr_warmup_steps=t.get("lr_warmup_steps", 0),
+        ema_decay=t.get("ema_decay", 0),
+        checkpoint_every=t.get("checkpoint_every", 1),
+        sampler_points=t["sampler_points"],
+        seed=config["seed"],
+        device=config["device"],
+        nproc_per_node=config["nproc_per_node"],
+    )
+
+
+def encode_parameters():
+    """encode_dataset's keyword arguments, shared by the shard jobs and the notebook that sums them up."""
+    enc = config["encode"]
+    return dict(
+        teacher_path=TEACHER,
+        data_dir=f"{R}/data",
+        resolution=BASE,
+        out_dir=f"{R}/latents",
+        n_images=enc["n_images"],
+        flips=True,
+        num_points=enc["num_points"],
+        clamp=enc["clamp"],
+        shard_size=enc["shard_size"],
+        batch_size=enc["batch_size"],
+        seed=config["seed"],
+        device=config["device"],
+    )
 
 
 def decoder_path(res):
@@ -53,13 +100,15 @@ def decoder_parameters(res):
         out_path=decoder_path(res),
         resolution=int(res),
         steps=stage["steps"],
-        batch_size=dec["batch_size"],
+        batch_size=stage.get("batch_size", dec["batch_size"]),
         lr_g=dec["lr_g"],
         lr_d=dec["lr_d"],
         gan_weight=stage["gan_weight"],
         weighting=stage["weighting"],
         ema_decay=dec["ema_decay"],
         distance=dec["distance"],
+        backbones=dec["backbones"],
+        backbone_source=dec["backbone_source"],
         objective=dec["objective"],
         feature_size=stage["feature_size"],
         growth_channels=stage.get("growth_channels"),
@@ -72,6 +121,7 @@ def decoder_parameters(res):
         base_path=decoder_path(BASE) if i > 0 else None,
         seed=config["seed"],
         device=config["device"],
+        nproc_per_node=config["nproc_per_node"],
     )
 
 

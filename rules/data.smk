@@ -16,6 +16,7 @@ rule prepare_data:
             test_root=config["data"]["test_root"],
             channels=config["data"]["channels"],
             download_dir=config["data"]["download_dir"],
+            workers=config["data"].get("workers", 8),
         ),
     conda:
         "../envs/pagoda.yaml"

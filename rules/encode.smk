@@ -1,9 +1,29 @@
-rule encode_latents:
-    """Invert training images and their flips to noise latents with the teacher's PF-ODE (notebook 03)."""
+rule encode_shard:
+    """Invert one shard of training images and their flips to noise latents (one job per shard)."""
     input:
-        notebook="notebooks/03_encode.ipynb",
         teacher=TEACHER,
         data=data_file("train", BASE),
+    output:
+        shard=f"{R}/latents/shard-{{shard}}.npz",
+    log:
+        f"{R}/logs/encode_shard_{{shard}}.log",
+    wildcard_constraints:
+        shard=r"\d{5}",
+    params:
+        parameters=json.dumps(encode_parameters()),
+    conda:
+        "../envs/pagoda.yaml"
+    threads: workflow.cores
+    shell:
+        "PYTHONPATH=src OMP_NUM_THREADS={threads} python -m pagoda.encode --shard {wildcards.shard} "
+        "{params.parameters:q} > {log} 2>&1"
+
+
+rule encode_latents:
+    """Summarise the latents: statistics, round trip through the teacher, teacher pairs (notebook 03)."""
+    input:
+        notebook="notebooks/03_encode.ipynb",
+        shards=LATENT_SHARDS,
     output:
         summary=LATENTS,
     log:
@@ -11,21 +31,10 @@ rule encode_latents:
         stderr=f"{R}/logs/encode_latents.log",
     params:
         parameters=notebook_parameters(
-            teacher_path=TEACHER,
-            data_dir=f"{R}/data",
-            resolution=BASE,
-            out_dir=f"{R}/latents",
+            **encode_parameters(),
             summary_path=LATENTS,
-            n_images=config["encode"]["n_images"],
-            flips=True,
-            num_points=config["encode"]["num_points"],
-            clamp=config["encode"]["clamp"],
-            shard_size=config["encode"]["shard_size"],
-            batch_size=config["encode"]["batch_size"],
             teacher_pairs=config["encode"]["teacher_pairs"],
             roundtrip_images=config["encode"]["roundtrip_images"],
-            seed=config["seed"],
-            device=config["device"],
         ),
     conda:
         "../envs/pagoda.yaml"

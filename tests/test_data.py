@@ -152,3 +152,43 @@ def test_build_dataset_from_image_folders(image_tree, tmp_path):
     x8, _, _ = data.load_dataset(tmp_path / "out", "test", 8)
     assert x16.shape == (5, 3, 16, 16) and classes == ("ant", "zebra")
     assert np.array_equal(x8, data.resize_uint8(x16, 8))
+
+
+@pytest.fixture
+def imagenet_tree(tmp_path):
+    """The ILSVRC-2012 train layout in miniature: <wnid>/<wnid>_<n>.JPEG, one folder per class."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "ILSVRC" / "train"
+    for wnid, dims in {"n01440764": [(80, 60), (45, 70)], "n01443537": [(64, 64)], "n01484850": [(120, 50)]}.items():
+        (root / wnid).mkdir(parents=True)
+        for i, (w, h) in enumerate(dims):
+            Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / wnid / f"{wnid}_{i}.JPEG")
+    return root
+
+
+def test_imagenet_source_streams_adm_preprocessing_at_each_resolution(imagenet_tree, tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    decoded = []
+    real_load = data.load_image
+    monkeypatch.setattr(data, "load_image", lambda *a, **k: decoded.append(a[0]) or real_load(*a, **k))
+    written = data.build_dataset(out, resolutions=[8, 16], source="imagenet", root=imagenet_tree,
+                                 test_root=imagenet_tree, channels=3, workers=2)
+    assert decoded == []  # the data stage only indexes: no image is decoded or held in memory
+    assert sorted(p.name for p in written.values()) == ["test_16.json", "test_8.json", "train_16.json", "train_8.json"]
+    assert not list(out.glob("*.npz")) and data.dataset_path(out, "train", 16).suffix == ".json"
+
+    images, labels, classes = data.load_dataset(out, "train", 16)
+    assert isinstance(images, data.StreamedImages) and images.shape == (4, 3, 16, 16) and len(images) == 4
+    assert classes == ("n01440764", "n01443537", "n01484850") and labels.tolist() == [0, 0, 1, 2]
+    paths, _, _ = data.list_image_folder(imagenet_tree)
+    for r in (8, 16):
+        stream, _, _ = data.load_dataset(out, "train", r)
+        for i, path in enumerate(paths):  # each resolution straight from the JPEG, as the released code does
+            assert np.array_equal(stream[i].transpose(1, 2, 0), adm_reference(Image.open(path).convert("RGB"), r))
+    batch = images[torch.tensor([3, 0, 3])]
+    assert batch.shape == (3, 3, 16, 16) and batch.dtype == np.uint8
+    assert np.array_equal(batch[0], images[3]) and np.array_equal(batch[1], images[0])
+    assert np.array_equal(images[1:3], np.stack([images[1], images[2]]))
+    assert len(decoded) > 0
+    table = data.describe_dataset(out, [8, 16])
+    assert table["images"].tolist() == [4, 4, 4, 4]

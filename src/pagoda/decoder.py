@@ -14,10 +14,10 @@ import torch
 
 from . import diffaug, edm, loop
 from .checkpoints import load_network, save_network
-from .data import dataset_path, load_dataset, to_model
+from .data import as_images, dataset_path, load_dataset, to_model
 from .discriminator import ProjectedDiscriminator
 from .encode import list_shards, load_latents
-from .features import EfficientNetLite0
+from .features import feature_networks
 from .losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
 from .networks import UNet, grow, num_params
 
@@ -101,8 +101,8 @@ class DecoderTask:
         self.G, self.D, self.distance = G.to(device), D.to(device), distance.to(device)
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.latents = {k: torch.as_tensor(v) for k, v in latents.items()}
-        self.targets = torch.as_tensor(targets)            # uint8 (N, C, R, R), indexed by latents["index"]
-        self.train_images = torch.as_tensor(train_images)  # uint8, the GAN's real images
+        self.targets = as_images(targets)            # uint8 (N, C, R, R), indexed by latents["index"]
+        self.train_images = as_images(train_images)  # uint8, the GAN's real images
         self.train_labels = torch.as_tensor(train_labels)
         self.pairs = {k: torch.as_tensor(v) for k, v in pairs.items()} if pairs is not None else None
         self.objective, self.batch_size, self.gan_weight = objective, batch_size, gan_weight
@@ -241,6 +241,7 @@ class DecoderTask:
 def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolution, steps=500, batch_size=32,
                   lr_g=1e-4, lr_d=2e-3, gan_weight=0.2, weighting="adaptive", ema_decay=0.999,
                   distance="feature", objective="reconstruction", feature_size=224, d_feature_size=None,
+                  backbones=("efficientnet_lite0",), backbone_source="offline",
                   growth_channels=None, growth_res_blocks=2, trainable_output_blocks=None, growth_head="residual",
                   sigma_max=edm.SIGMA_MAX, seed=0, checkpoint_every=100, log_every=None, device="auto",
                   progress=True, max_steps_this_call=None):
@@ -258,8 +259,10 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
     images, labels, classes = load_dataset(data_dir, "train", resolution)
     latents = load_latents(latents_dir)
     pairs = load_latents(latents_dir, prefix="pairs") if objective != "reconstruction" else None
-    backbone = EfficientNetLite0(feature_size)
-    d_backbone = backbone if d_feature_size in (None, feature_size) else EfficientNetLite0(d_feature_size)
+    # Frozen feature networks, shared by the distance and D (paper: DeiT-B + EfficientNet-lite0 via timm).
+    backbone = feature_networks(backbones, feature_size, source=backbone_source)
+    d_backbone = backbone if d_feature_size in (None, feature_size) else \
+        feature_networks(backbones, d_feature_size, source=backbone_source)
     D = ProjectedDiscriminator(num_classes=len(classes) if G.label_emb is not None else 0, backbone=d_backbone)
     dist_fn = ReconstructionDistance(distance, backbone=backbone)
     task = DecoderTask(G, D, dist_fn, latents=latents, targets=images, train_images=images, train_labels=labels,
@@ -270,6 +273,7 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
         "stage": "decoder", "resolution": resolution, "batch_size": batch_size, "lr_g": lr_g, "lr_d": lr_d,
         "gan_weight": gan_weight, "weighting": weighting, "ema_decay": ema_decay, "distance": distance,
         "objective": objective, "feature_size": feature_size, "d_feature_size": d_feature_size,
+        "backbones": [type(b).__name__ + ":" + getattr(b, "name", "efficientnet_lite0") for b in backbone],
         "network": G.config.to_dict(), "trainable_output_blocks": trainable_output_blocks, "sigma_max": sigma_max,
         "seed": seed, "world_size": loop.world_size(), "init": loop.file_fingerprint(init_path),
         "latents": [loop.file_fingerprint(p) for p in list_shards(latents_dir)],

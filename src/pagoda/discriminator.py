@@ -1,8 +1,9 @@
 """Projected discriminator (Sauer et al. 2021) as PaGoDA uses it: frozen pretrained features, trainable heads.
 
-Images -> DiffAugment -> frozen EfficientNet-lite0 (4 maps) -> fixed random 1x1 projections -> one
-spectral-norm head per scale -> per-position logits, class-conditioned by projection
-(logit = <h, E[y]> / sqrt(cmap_dim)). All logits of all heads are concatenated per sample.
+Images -> DiffAugment -> frozen feature network(s) (EfficientNet-lite0; the paper adds DeiT-B), 4 maps
+each -> fixed random 1x1 projections -> one spectral-norm head per map -> per-position logits,
+class-conditioned by projection (logit = <h, E[y]> / sqrt(cmap_dim)). All logits of all heads are
+concatenated per sample.
 """
 
 import math
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .features import LITE0_CHANNELS, EfficientNetLite0, RandomProjection
+from .features import EfficientNetLite0, RandomProjection
 
 
 def _sn_conv(cin, cout, k, stride=1, padding=0, bias=True):
@@ -46,16 +47,19 @@ class Head(nn.Module):
 
 
 class ProjectedDiscriminator(nn.Module):
-    """D(x, y) -> logits (N, K). `backbone` may be shared with the reconstruction distance (it is frozen)."""
+    """D(x, y) -> logits (N, K). `backbone` (a frozen feature network, or a list of them) may be shared
+    with the reconstruction distance."""
 
     def __init__(self, *, num_classes, backbone=None, input_size=224, proj_channels=(32, 64, 128, 256),
                  cmap_dim=64, projection_seed=2):
         super().__init__()
-        self.backbone = backbone if backbone is not None else EfficientNetLite0(input_size)
-        self.projection = RandomProjection(LITE0_CHANNELS, proj_channels, seed=projection_seed)
-        sizes = [self.backbone.input_size // s for s in (4, 8, 16, 32)]
-        self.heads = nn.ModuleList(Head(c, max(1, s), num_classes=num_classes, cmap_dim=cmap_dim)
-                                   for c, s in zip(proj_channels, sizes))
+        backbones = backbone if isinstance(backbone, (list, tuple)) else [backbone or EfficientNetLite0(input_size)]
+        self.backbones = nn.ModuleList(backbones)
+        self.projections = nn.ModuleList(RandomProjection(b.channels, proj_channels, seed=projection_seed + 10 * i)
+                                         for i, b in enumerate(backbones))
+        self.heads = nn.ModuleList(
+            Head(c, max(1, b.input_size // s), num_classes=num_classes, cmap_dim=cmap_dim)
+            for b in backbones for c, s in zip(proj_channels, b.strides))
 
     def trainable_parameters(self):
         """The heads' parameters; the backbone and the projections stay frozen."""
@@ -64,5 +68,5 @@ class ProjectedDiscriminator(nn.Module):
     def forward(self, x, labels):
         # The frozen features need a graph only when gradients flow back to the generator's images.
         with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
-            maps = self.projection(self.backbone(x))
+            maps = [m for b, p in zip(self.backbones, self.projections) for m in p(b(x))]
         return torch.cat([head(m, labels) for head, m in zip(self.heads, maps)], dim=1)

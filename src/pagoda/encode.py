@@ -2,10 +2,12 @@
 
 The frozen teacher maps each clean image at the base resolution, taken as the state at sigma_min, to
 z at sigma_max with the Heun solver (METHOD.md, "Stage 2"). Latents are written in shards; an
-interrupted run resumes at the first missing shard. Optionally the stage also draws noise -> teacher
+interrupted run resumes at the first missing shard, and separate processes (SLURM jobs) can each
+write a subset of the shards (`python -m pagoda.encode --shard K PARAMS.json`). Optionally the stage also draws noise -> teacher
 sample pairs for the L_dstl ablation (paper Fig. 5).
 """
 
+import argparse
 import json
 import pathlib
 import time
@@ -41,13 +43,20 @@ def _write_npz(path, **arrays):
     tmp.replace(path)
 
 
+def num_shards(n_images, shard_size, *, flips=True):
+    """How many shard files `encode_dataset` writes for these settings."""
+    return -(-n_images * (2 if flips else 1) // shard_size)
+
+
 def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, flips=True, num_points=40,
                    clamp=True, shard_size=1024, batch_size=512, seed=0, device="auto", progress=True,
-                   max_shards_this_call=None):
+                   shards=None, max_shards_this_call=None):
     """Write {out_dir}/shard-*.npz: z float32 (n, C, R, R), labels, index (into the training set), flip.
 
-    Shards that already exist are kept, so a killed run continues where it stopped. Returns a
-    summary: latent count, NFE per image, images/s of this call, latent statistics.
+    Shards that already exist are kept, so a killed run continues where it stopped; `shards` limits
+    this call to some shard numbers (one SLURM job per shard). Each shard records the seconds it took.
+    Returns a summary: latent count, NFE per image, images/s of this call, latent statistics (the
+    latter two only once every shard exists).
     """
     device = loop.resolve_device(device)
     out_dir = pathlib.Path(out_dir)
@@ -60,9 +69,10 @@ def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, fli
                                    "teacher": loop.file_fingerprint(teacher_path),
                                    "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))},
                          stale=("shard-*.npz", "pairs-*.npz", "timing.json"))
-    timing = loop.read_timing(out_dir)
-    n_shards = -(-len(idx) // shard_size)
-    todo = [k for k in range(n_shards) if not shard_path(out_dir, k).exists()]
+    n_shards = num_shards(n_images, shard_size, flips=flips)
+    todo = [k for k in (range(n_shards) if shards is None else shards) if not shard_path(out_dir, k).exists()]
+    if any(not 0 <= k < n_shards for k in todo):
+        raise ValueError(f"shard numbers must lie in [0, {n_shards}), got {sorted(todo)}")
     if max_shards_this_call is not None:
         todo = todo[:max_shards_this_call]
     encoded, seconds, nfe = 0, 0.0, 2 * (num_points - 1)
@@ -77,15 +87,20 @@ def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, fli
             z, nfe = edm.ode_to_noise(net, x[b:b + batch_size].to(device), y[b:b + batch_size].to(device),
                                       num_points=num_points, clamp=clamp)
             zs.append(z.cpu())
-        seconds += time.time() - t0
+        shard_seconds = time.time() - t0
+        seconds += shard_seconds
         encoded += len(x)
         _write_npz(shard_path(out_dir, k), z=torch.cat(zs).numpy().astype(np.float32), labels=y.numpy(),
-                   index=idx[sl], flip=flip[sl])
-        loop.atomic_write_json({"seconds": timing["seconds"] + seconds, "attempts": timing["attempts"] + 1,
-                                "device": loop.device_name(device)}, out_dir / "timing.json")
-    summary = latent_summary(out_dir)
-    summary.update(nfe_per_image=nfe, num_points=num_points, clamp=clamp, resolution=resolution,
-                   device=loop.device_name(device), shards=n_shards, complete=len(list_shards(out_dir)) == n_shards)
+                   index=idx[sl], flip=flip[sl], seconds=np.float64(shard_seconds))
+    complete = all(shard_path(out_dir, k).exists() for k in range(n_shards))
+    summary = {"nfe_per_image": nfe, "num_points": num_points, "clamp": clamp, "resolution": resolution,
+               "device": loop.device_name(device), "shards": n_shards, "complete": complete}
+    if complete:
+        summary.update(latent_summary(out_dir))
+        # The stage's compute time is the sum over shards, whichever processes wrote them.
+        total = sum(float(np.load(shard_path(out_dir, k))["seconds"]) for k in range(n_shards))
+        loop.atomic_write_json({"seconds": total, "attempts": 1, "device": loop.device_name(device)},
+                               out_dir / "timing.json")
     if encoded:
         summary.update(images_per_sec=encoded / seconds, seconds_this_call=seconds, encoded_this_call=encoded)
     return summary
@@ -101,7 +116,7 @@ def load_latents(out_dir, prefix="shard"):
     if not shards:
         raise FileNotFoundError(f"no {prefix}-*.npz in {out_dir}: run the encode stage first")
     parts = [dict(np.load(p)) for p in shards]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if parts[0][k].ndim}
 
 
 def latent_summary(out_dir):
@@ -167,3 +182,18 @@ def save_summary(path, summary, round_trip=None):
                       round_trip_images=len(round_trip["psnr"]))
     loop.atomic_write_json(record, path)
     return record
+
+
+def main(argv=None):
+    """One encoding job of the workflow: `python -m pagoda.encode --shard K PARAMS.json` (or JSON text)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--shard", type=int, action="append", required=True, help="shard number (repeatable)")
+    parser.add_argument("params", help="encode_dataset keyword arguments: a JSON file or JSON text")
+    args = parser.parse_args(argv)
+    text = pathlib.Path(args.params).read_text() if args.params.endswith(".json") else args.params
+    summary = encode_dataset(**json.loads(text), shards=args.shard, progress=False)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

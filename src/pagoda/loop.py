@@ -89,6 +89,38 @@ def average_gradients(parameters):
         offset += g.numel()
 
 
+@torch.no_grad()
+def broadcast_buffers(modules):
+    """Give every rank rank 0's buffers (batch-norm statistics of D), as DDP's broadcast_buffers does.
+
+    Parameters stay identical through averaged gradients; buffers updated from each rank's own
+    slice of the batch would drift apart.
+    """
+    if world_size() == 1:
+        return
+    for m in modules.values():
+        for b in m.buffers():
+            dist.broadcast(b, src=0)
+
+
+@torch.no_grad()
+def check_ranks_in_sync(modules):
+    """Raise if any rank's weights differ from rank 0's: DDP replicas must stay identical.
+
+    Compares per-tensor checksums (sum and sum of squares in float64), which any divergence changes.
+    """
+    if world_size() == 1:
+        return
+    sums = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()])
+                        for m in modules.values() for p in m.state_dict().values() if p.is_floating_point()])
+    ref = sums.clone()
+    dist.broadcast(ref, src=0)
+    differs = (sums != ref).any().to(torch.int32).reshape(1)
+    dist.all_reduce(differs, op=dist.ReduceOp.MAX)
+    if differs.item():
+        raise RuntimeError("DDP ranks hold different weights: a rank's update diverged from rank 0's")
+
+
 def mean_over_ranks(x):
     """Mean of a tensor over ranks (for logging global-batch metrics)."""
     if world_size() > 1:
@@ -250,6 +282,7 @@ def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, log_every=N
     with open(metrics_path, "a") if is_main else contextlib.nullcontext() as log:
         for step in range(start, stop):
             m = task.step(step, step_generator(seed, step, device))
+            broadcast_buffers(task.modules())
             if (step + 1) % log_every == 0 or step + 1 == total_steps:
                 row = {"step": step + 1, **{k: float(v) for k, v in m.items()}}
                 rows.append(row)
@@ -262,6 +295,7 @@ def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, log_every=N
                 now = time.time()
                 timing["seconds"] += now - t_last
                 t_last = now
+                check_ranks_in_sync(task.modules())
                 if is_main:
                     save_training_state(task, run_dir, step + 1)
                     atomic_write_json(timing, timing_path)

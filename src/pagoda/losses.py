@@ -42,8 +42,9 @@ def l2(x, y):
 class ReconstructionDistance(nn.Module):
     """d(x_hat, x) per sample: the paper's feature distance or a pixel-space alternative.
 
-    feature:      frozen EfficientNet-lite0 maps through fixed random 1x1 projections, compared with
-                  `normalized_feature_distance`, after the same DiffAugment draw on both images.
+    feature:      frozen ImageNet feature maps (EfficientNet-lite0; the paper adds DeiT-B: `backbone`
+                  may be a list, whose distances are summed) through fixed random 1x1 projections,
+                  compared with `normalized_feature_distance`, after the same DiffAugment draw on both.
     pseudo_huber: in pixel space (no augmentation).
     l2:           mean squared error in pixel space.
     """
@@ -55,8 +56,10 @@ class ReconstructionDistance(nn.Module):
         self.kind = kind
         self.augment = augment
         if kind == "feature":
-            self.backbone = backbone if backbone is not None else EfficientNetLite0(input_size)
-            self.projection = RandomProjection(seed=projection_seed)
+            backbones = backbone if isinstance(backbone, (list, tuple)) else [backbone or EfficientNetLite0(input_size)]
+            self.backbones = nn.ModuleList(backbones)
+            self.projections = nn.ModuleList(RandomProjection(b.channels, seed=projection_seed + 10 * i)
+                                             for i, b in enumerate(backbones))
 
     def forward(self, x_hat, x, params=None):
         """Per-sample distance; `params` (diffaug.sample_params) are drawn here when not given."""
@@ -67,9 +70,12 @@ class ReconstructionDistance(nn.Module):
         if self.augment:
             params = params if params is not None else diffaug.sample_params(len(x), x.shape[-1], device=x.device)
             x_hat, x = diffaug.augment(x_hat, params), diffaug.augment(x, params)
-        with torch.no_grad():
-            target = self.projection(self.backbone(x))
-        return normalized_feature_distance(self.projection(self.backbone(x_hat)), target)
+        total = 0
+        for backbone, projection in zip(self.backbones, self.projections):
+            with torch.no_grad():
+                target = projection(backbone(x))
+            total = total + normalized_feature_distance(projection(backbone(x_hat)), target)
+        return total
 
 
 # ----------------------------------------------------------------------------

@@ -72,12 +72,20 @@ def samples_per_class(images, labels, class_names, *, per_class, title=None):
 
 
 def read_metrics(run_dir):
+    """The training metrics of a run (empty when nothing was trained there, e.g. an imported teacher)."""
     path = pathlib.Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return pd.DataFrame()
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
 def loss_curves(metrics, keys, *, title=None, logy=False, smooth=5, ncols=3):
     """One panel per metric in `keys` (up to `ncols` per row), raw and smoothed (rolling mean over `smooth` rows)."""
+    if metrics.empty:  # nothing trained in this run (an imported teacher)
+        fig, ax = plt.subplots(figsize=(5, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no training metrics: this network was not trained here", ha="center", va="center")
+        return fig
     ncols = min(ncols, len(keys))
     nrows = -(-len(keys) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows), squeeze=False)

@@ -5,8 +5,9 @@ import copy
 import torch
 
 from . import edm, loop
+from .adm import save_imported_teacher
 from .checkpoints import save_network
-from .data import dataset_path, load_dataset, to_model
+from .data import as_images, dataset_path, load_dataset, to_model
 from .networks import UNet, UNetConfig, num_params
 
 
@@ -17,7 +18,7 @@ class TeacherTask:
                  ema_decay=0.999, p_mean=-1.2, p_std=1.2, sigma_data=edm.SIGMA_DATA, device="cpu"):
         self.net = net.to(device).train()
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
-        self.images = torch.as_tensor(images)          # uint8 (N, C, R, R), kept on CPU
+        self.images = as_images(images)          # uint8 (N, C, R, R), kept on CPU
         self.labels = torch.as_tensor(labels)
         self.batch_size, self.lr, self.lr_warmup_steps = batch_size, lr, lr_warmup_steps
         self.ema_decay, self.p_mean, self.p_std, self.sigma_data = ema_decay, p_mean, p_std, sigma_data
@@ -63,18 +64,24 @@ class TeacherTask:
 
 def train_teacher(*, data_dir, resolution, run_dir, out_path, network, total_steps=2000, batch_size=128,
                   lr=1e-3, lr_warmup_steps=200, ema_decay=0.999, p_mean=-1.2, p_std=1.2, seed=0,
-                  checkpoint_every=500, log_every=None, device="auto", progress=True, max_steps_this_call=None):
+                  checkpoint_every=500, log_every=None, device="auto", progress=True, max_steps_this_call=None,
+                  import_path=None):
     """Train the class-conditional teacher on {data_dir}/train_{resolution}.npz; write `out_path` when done.
 
     `network` is a dict of UNetConfig fields (img_resolution, channels and classes come from the data).
+    With `import_path` (paper scale) nothing is trained: the ADM-format checkpoint there (the EDM
+    ImageNet-64 teacher) is mapped onto that network and written to `out_path` (`pagoda.adm`).
     Returns a summary dict (steps, final loss, parameter count, seconds, device).
     """
     device = loop.resolve_device(device)
     loop.init_distributed(device)
     images, labels, classes = load_dataset(data_dir, "train", resolution)
-    torch.manual_seed(seed)  # the initial weights
     cfg = UNetConfig(**{**network, "img_resolution": resolution, "in_channels": images.shape[1],
                         "out_channels": images.shape[1], "num_classes": len(classes)})
+    if import_path is not None:
+        meta = save_imported_teacher(import_path, out_path, network=cfg) if loop.rank() == 0 else {}
+        return {"imported_from": str(import_path), **meta, "classes": list(classes), "resolution": resolution}
+    torch.manual_seed(seed)  # the initial weights
     task = TeacherTask(UNet(cfg), images, labels, batch_size=batch_size, lr=lr, lr_warmup_steps=lr_warmup_steps,
                        ema_decay=ema_decay, p_mean=p_mean, p_std=p_std, device=device)
     loop.prepare_run_dir(run_dir, {"stage": "teacher", "network": cfg.to_dict(), "batch_size": batch_size, "lr": lr,
