@@ -128,19 +128,20 @@ def class_transfer(ctx, classifier_path, *, examples=8):
     z = ctx.encode_low(resize(ctx.x, ctx.base))
     moved = inverse.decode(ctx.G, z, target.to(ctx.device), sigma_max=ctx.sigma_max)
     kept = inverse.decode(ctx.G, z, ctx.labels, sigma_max=ctx.sigma_max)
-    pred = predict(clf, moved)
+    pred = predict(clf, moved).cpu()
+    moved, kept, x = moved.cpu(), kept.cpu(), ctx.x.cpu()  # the scores are computed on the CPU
     fg = lambda a: a > -0.5  # noqa: E731  foreground of dark-background images
-    inter = (fg(moved) & fg(ctx.x)).flatten(1).sum(1).float()
-    union = (fg(moved) | fg(ctx.x)).flatten(1).sum(1).float().clamp_min(1)
+    inter = (fg(moved) & fg(x)).flatten(1).sum(1).float()
+    union = (fg(moved) | fg(x)).flatten(1).sum(1).float().clamp_min(1)
     table = pd.DataFrame([{
         "target_accuracy": float((pred == target).float().mean()),
         "source_label_rate": float((pred == ctx.labels.cpu()).float().mean()),
-        "ssim_to_source": float(inverse.ssim(moved, ctx.x).mean()),
-        "ssim_same_label": float(inverse.ssim(kept, ctx.x).mean()),
-        "silhouette_iou": float((inter / union.cpu()).mean()),
+        "ssim_to_source": float(inverse.ssim(moved, x).mean()),
+        "ssim_same_label": float(inverse.ssim(kept, x).mean()),
+        "silhouette_iou": float((inter / union).mean()),
         "classifier_test_accuracy": meta["test_accuracy"],
         "n_images": len(ctx.x)}])
-    shown = {"source": ctx.x[:examples], "same label": kept[:examples], "other label": moved[:examples]}
+    shown = {"source": x[:examples], "same label": kept[:examples], "other label": moved[:examples]}
     names = [ctx.classes[int(t)].split("/")[0] for t in target[:examples]]
     return table, shown, names
 
