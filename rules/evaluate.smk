@@ -1,3 +1,7 @@
+# Both rules take one thread: their jobs are short and largely single-threaded (kernel start, imports,
+# k-NN), so on a CPU two of them side by side finish sooner than one on two threads (measured: 29.6 s
+# vs 36.6 s for two pagoda@32 rows). profiles/slurm sets their threads for GPU nodes.
+
 rule compute_reference:
     """Reference features and statistics of the training images at one resolution (notebook 05)."""
     input:
@@ -23,8 +27,6 @@ rule compute_reference:
         ),
     conda:
         "../envs/pagoda.yaml"
-    # One thread: these jobs are short and largely single-threaded (kernel start, imports, k-NN), so on
-    # a CPU two of them side by side finish sooner than one on two threads (measured: 29.6 s vs 36.6 s).
     threads: 1
     shell:
         PAPERMILL
@@ -49,8 +51,6 @@ rule evaluate_method:
         parameters=evaluation_parameters,
     conda:
         "../envs/pagoda.yaml"
-    # One thread: these jobs are short and largely single-threaded (kernel start, imports, k-NN), so on
-    # a CPU two of them side by side finish sooner than one on two threads (measured: 29.6 s vs 36.6 s).
     threads: 1
     shell:
         PAPERMILL
