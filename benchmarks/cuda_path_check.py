@@ -2,7 +2,7 @@
 
 Takes a data folder written by the data stage (e.g. results/smoke/data from `pytest --nbval`) and runs,
 on `--device`: teacher training (through pagoda.launch), encoding, Stage 2 and one growth stage,
-reference statistics and one evaluation row, the classifier and the inverse-problem study. Prints each
+the judge at 16, reference statistics and one evaluation row, and the inverse-problem study. Prints each
 stage's seconds and result; any device-placement bug stops it with a traceback.
 
     python benchmarks/cuda_path_check.py --data results/smoke/data --out /tmp/cuda_check --device cuda
@@ -13,7 +13,7 @@ import json
 import pathlib
 import time
 
-from pagoda import classifier, decoder, encode, evaluate, inverse_study, launch
+from pagoda import decoder, encode, evaluate, inverse_study, judge, launch
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
     p.add_argument("--device", default="cuda")
     args = p.parse_args()
     out, data, dev = pathlib.Path(args.out), args.data, args.device
-    for sub in ("eval", "classifier"):
+    for sub in ("eval", "judge"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     report = {}
 
@@ -51,19 +51,20 @@ def main():
             data_dir=data, latents_dir=out / "latents", init_path=init or paths[8], run_dir=out / "decoder" / str(res),
             out_path=paths[res], resolution=res, steps=4, batch_size=16, feature_size=32, checkpoint_every=2,
             weighting="adaptive" if res == 8 else "separate", device=dev, progress=False))
+    judge_path = out / "judge" / "judge.pt"
+    stage("judge", lambda: judge.train_judge(data_dir=data, resolution=16, run_dir=out / "judge", out_path=judge_path,
+                                             steps=20, device=dev, progress=False))
     ref = out / "eval" / "reference_16.npz"
     stage("reference", lambda: evaluate.reference_statistics(data_dir=data, resolution=16, out_path=ref,
-                                                             n_images=200, device=dev))
+                                                             judge_path=judge_path, n_images=200, swd_images=128,
+                                                             device=dev))
     record = stage("evaluate", lambda: evaluate.evaluate(
-        "pagoda", 16, resolutions=[8, 16], reference_path=ref, out_path=out / "eval" / "pagoda_16.json",
-        samples_path=out / "eval" / "pagoda_16.npz", n_samples=128, data_dir=data, decoder_path=paths[16],
-        device=dev))
-    report["evaluate"]["fd_effnet"] = record["fd_effnet"]
-    clf = out / "classifier" / "classifier.pt"
-    stage("classifier", lambda: classifier.train_classifier(data_dir=data, resolution=16, run_dir=out / "classifier",
-                                                            out_path=clf, steps=20, device=dev, progress=False))
+        "pagoda", 16, resolutions=[8, 16], reference_path=ref, judge_path=judge_path,
+        out_path=out / "eval" / "pagoda_16.json", samples_path=out / "eval" / "pagoda_16.npz", n_samples=128,
+        data_dir=data, decoder_path=paths[16], swd_min_resolution=8, device=dev))
+    report["evaluate"].update({k: record[k] for k in ("fd_judge", "swd", "fd_effnet")})
     study = stage("inverse", lambda: inverse_study.run_study(
-        data_dir=data, teacher_path=teacher, decoder_path=paths[16], classifier_path=clf, n_images=8, num_points=6,
+        data_dir=data, teacher_path=teacher, decoder_path=paths[16], judge_path=judge_path, n_images=8, num_points=6,
         device=dev, opt_steps=5))
     report["inverse"]["rows"] = len(study["table"])
     print(json.dumps(report, indent=1))

@@ -125,6 +125,10 @@ def decoder_parameters(res):
     )
 
 
+def judge_path(res):
+    return f"{R}/judge/{res}/judge.pt"
+
+
 def reference_path(res):
     return f"{R}/eval/reference_{res}.npz"
 
@@ -163,6 +167,7 @@ def evaluation_parameters(wildcards):
         resolution=res,
         resolutions=RESOLUTIONS,
         reference_path=reference_path(res),
+        judge_path=judge_path(res),
         out_path=record_path(method, res),
         samples_path=samples_path(method, res),
         data_dir=f"{R}/data",
@@ -173,6 +178,9 @@ def evaluation_parameters(wildcards):
         num_points=ev["num_points"],
         feature_size=ev["feature_size"],
         k=ev["k"],
+        swd_min_resolution=ev["swd_min_resolution"],
+        swd_descriptors_per_image=ev["swd_descriptors_per_image"],
+        swd_projections=ev["swd_projections"],
         inception_dir=ev["inception_dir"],
         seed=config["seed"],
         device=config["device"],
@@ -182,6 +190,5 @@ def evaluation_parameters(wildcards):
 FIGURES = ["fd_vs_resolution", "recall_vs_resolution", "speed_quality"] + [f"samples_{r}" for r in RESOLUTIONS]
 
 TOP = RESOLUTIONS[-1]
-CLASSIFIER = f"{R}/classifier/classifier.pt"
 INVERSE_FIGURES = [f"inverse_{t}" for t in (f"sr{TOP // BASE}", "inpaint_box", "inpaint_random", "deblur")] + [
     "class_transfer", "interpolation"]

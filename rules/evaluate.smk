@@ -3,14 +3,15 @@
 # vs 36.6 s for two pagoda@32 rows). profiles/slurm sets their threads for GPU nodes.
 
 rule compute_reference:
-    """Reference features and statistics of the training images at one resolution (notebook 05)."""
+    """Reference features (judge, EfficientNet) and pixels of the training images at one resolution (notebook 06)."""
     input:
-        notebook="notebooks/05_reference.ipynb",
+        notebook="notebooks/06_reference.ipynb",
         data=lambda wildcards: data_file("train", wildcards.res),
+        judge=lambda wildcards: judge_path(wildcards.res),
     output:
         reference=f"{R}/eval/reference_{{res}}.npz",
     log:
-        notebook=f"{R}/notebooks/05_reference_{{res}}.ipynb",
+        notebook=f"{R}/notebooks/06_reference_{{res}}.ipynb",
         stderr=f"{R}/logs/compute_reference_{{res}}.log",
     wildcard_constraints:
         res="|".join(str(r) for r in RESOLUTIONS),
@@ -19,7 +20,9 @@ rule compute_reference:
             data_dir=f"{R}/data",
             resolution=int(wildcards.res),
             out_path=reference_path(wildcards.res),
+            judge_path=judge_path(wildcards.res),
             n_images=config["evaluate"]["n_reference"],
+            swd_images=config["evaluate"]["swd_images"],
             feature_size=config["evaluate"]["feature_size"],
             inception_dir=config["evaluate"]["inception_dir"],
             seed=config["seed"],
@@ -33,16 +36,17 @@ rule compute_reference:
 
 
 rule evaluate_method:
-    """Score one method's images at one resolution against the training images (notebook 06)."""
+    """Score one method's images at one resolution against the training images (notebook 07)."""
     input:
         unpack(evaluation_inputs),
-        notebook="notebooks/06_evaluate.ipynb",
+        notebook="notebooks/07_evaluate.ipynb",
         reference=lambda wildcards: reference_path(wildcards.res),
+        judge=lambda wildcards: judge_path(wildcards.res),
     output:
         record=f"{R}/eval/{{method}}_{{res}}.json",
         samples=f"{R}/eval/samples/{{method}}_{{res}}.npz",
     log:
-        notebook=f"{R}/notebooks/06_evaluate_{{method}}_{{res}}.ipynb",
+        notebook=f"{R}/notebooks/07_evaluate_{{method}}_{{res}}.ipynb",
         stderr=f"{R}/logs/evaluate_{{method}}_{{res}}.log",
     wildcard_constraints:
         method="|".join(evaluate.METHODS),

@@ -1,40 +1,10 @@
-rule train_classifier:
-    """Train the small CNN that judges class transfer, on real images at the top resolution (notebook 07)."""
-    input:
-        notebook="notebooks/07_classifier.ipynb",
-        data=data_file("train", TOP),
-    output:
-        classifier=CLASSIFIER,
-    log:
-        notebook=f"{R}/notebooks/07_classifier.ipynb",
-        stderr=f"{R}/logs/train_classifier.log",
-    params:
-        parameters=notebook_parameters(
-            data_dir=f"{R}/data",
-            resolution=TOP,
-            run_dir=f"{R}/classifier",
-            out_path=CLASSIFIER,
-            steps=config["classifier"]["steps"],
-            batch_size=config["classifier"]["batch_size"],
-            lr=config["classifier"]["lr"],
-            width=config["classifier"]["width"],
-            seed=config["seed"],
-            device=config["device"],
-        ),
-    conda:
-        "../envs/pagoda.yaml"
-    threads: workflow.cores
-    shell:
-        PAPERMILL
-
-
 rule solve_inverse_problems:
     """Super-resolution, inpainting, deblurring, class transfer, interpolation, measured (notebook 08)."""
     input:
         notebook="notebooks/08_inverse.ipynb",
         teacher=TEACHER,
         decoder=decoder_path(TOP),
-        classifier=CLASSIFIER,
+        judge=judge_path(TOP),
         data=data_file("test", TOP),
     output:
         table=f"{R}/inverse_table.csv",
@@ -48,7 +18,7 @@ rule solve_inverse_problems:
             data_dir=f"{R}/data",
             teacher_path=TEACHER,
             decoder_path=decoder_path(TOP),
-            classifier_path=CLASSIFIER,
+            judge_path=judge_path(TOP),
             table_path=f"{R}/inverse_table.csv",
             transfer_path=f"{R}/class_transfer.csv",
             figures_dir=f"{R}/figures",

@@ -6,8 +6,10 @@ rule make_report:
         stages=[TEACHER, LATENTS] + [decoder_path(r) for r in RESOLUTIONS],
         inverse=f"{R}/inverse_table.csv",
         transfer=f"{R}/class_transfer.csv",
+        judges=[judge_path(r) for r in RESOLUTIONS],
     output:
         table=f"{R}/fid_table.csv",
+        judges=f"{R}/judge.json",
         costs=f"{R}/stage_costs.csv",
         figures=[f"{R}/figures/{name}.png" for name in FIGURES],
     log:
@@ -22,6 +24,8 @@ rule make_report:
             table_path=f"{R}/fid_table.csv",
             inverse_path=f"{R}/inverse_table.csv",
             transfer_path=f"{R}/class_transfer.csv",
+            judge_paths=[judge_path(r) for r in RESOLUTIONS],
+            judges_path=f"{R}/judge.json",
             costs_path=f"{R}/stage_costs.csv",
             figures_dir=f"{R}/figures",
         ),

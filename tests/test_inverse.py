@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pagoda import classifier, decoder, inverse, inverse_study
+from pagoda import decoder, inverse, inverse_study, judge
 from pagoda.checkpoints import save_network
 from pagoda.data import resize
 
@@ -90,22 +90,52 @@ def test_baselines_restore_something():
     assert inverse.psnr(x, x).min() > 100 and inverse.ssim(x, x).min() == pytest.approx(1.0)
 
 
+def test_ssim_uses_the_gaussian_window_of_wang_et_al():
+    # One white pixel on black, 21x21: where x = 0 the SSIM map is, with w the normalised 11x11 Gaussian
+    # (sigma 1.5, truncated at radius 5) weight at the pixel's offset from the white one, mu_y = w and the
+    # population variance sigma_y^2 = w - w^2:  C1 / (w^2 + C1) * C2 / (w - w^2 + C2);  1 farther away.
+    # scikit-image averages the map without a border of 5, i.e. over exactly the 11x11 offsets.
+    t = np.arange(-5, 6)
+    g = np.exp(-t ** 2 / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / g.sum() ** 2
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    expected = np.mean(c1 / (w ** 2 + c1) * c2 / (w - w ** 2 + c2))
+    black = -torch.ones(1, 1, 21, 21)
+    dot = black.clone()
+    dot[0, 0, 10, 10] = 1
+    assert float(inverse.ssim(dot, black)[0]) == pytest.approx(expected, rel=1e-6)
+    # The uniform 7x7 window of scikit-image's default gives another number.
+    uniform = np.full((7, 7), 1 / 49)
+    assert abs(expected - np.mean(c1 / (uniform ** 2 + c1) * c2 / (uniform - uniform ** 2 + c2))) > 0.01
+
+
+def test_feature_distance_is_zero_for_equal_directions_and_four_for_opposite():
+    f = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])
+    np.testing.assert_allclose(inverse.feature_distance(f, 3 * f), 0, atol=1e-12)
+    np.testing.assert_allclose(inverse.feature_distance(f, -f), 4)
+    np.testing.assert_allclose(inverse.feature_distance(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]])), 2)
+
+
 def test_inverse_stage_on_tiny_data(tiny_teacher, grown, tiny_data, tmp_path):
-    clf = classifier.train_classifier(data_dir=tiny_data, resolution=16, run_dir=tmp_path / "clf",
-                                      out_path=tmp_path / "clf.pt", steps=5, batch_size=8, width=4, progress=False,
-                                      device="cpu")
-    assert 0 <= clf["test_accuracy"] <= 1
+    j = judge.train_judge(data_dir=tiny_data, resolution=16, run_dir=tmp_path / "judge", out_path=tmp_path / "judge.pt",
+                          steps=5, batch_size=8, width=4, feature_dim=8, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="judges 8 px images"):
+        judge.train_judge(data_dir=tiny_data, resolution=8, run_dir=tmp_path / "j8", out_path=tmp_path / "j8.pt",
+                          steps=1, batch_size=8, width=4, feature_dim=8, progress=False, device="cpu")
+        inverse_study.run_study(data_dir=tiny_data, teacher_path=tiny_teacher, decoder_path=grown,
+                                judge_path=tmp_path / "j8.pt", n_images=4, num_points=3, feature_size=32, device="cpu",
+                                opt_steps=1, rl_iterations=1)
     study = inverse_study.run_study(data_dir=tiny_data, teacher_path=tiny_teacher, decoder_path=grown,
-                                    classifier_path=tmp_path / "clf.pt", n_images=12, num_points=5, feature_size=32,
+                                    judge_path=tmp_path / "judge.pt", n_images=12, num_points=5, feature_size=32,
                                     device="cpu", opt_steps=3, rl_iterations=5)
     table = study["table"]
     assert set(zip(table.task, table.method)) == {
         ("sr2", "pagoda"), ("sr2", "pagoda_optim"), ("sr2", "bicubic"), ("inpaint_box", "pagoda"),
         ("inpaint_box", "biharmonic"), ("inpaint_random", "pagoda"), ("inpaint_random", "biharmonic"),
         ("deblur", "pagoda"), ("deblur", "richardson_lucy")}
-    assert list(table.columns) == ["task", "method", "psnr", "ssim", "perceptual", "fd_effnet", "sec_per_image",
-                                   "n_images"]
-    assert np.isfinite(table[["psnr", "ssim", "perceptual", "fd_effnet"]].to_numpy()).all()
+    assert list(table.columns) == ["task", "method", "psnr", "ssim", "judge_distance", "kid_judge", "effnet_distance",
+                                   "sec_per_image", "n_images"]
+    assert np.isfinite(table[["psnr", "ssim", "judge_distance", "kid_judge", "effnet_distance"]].to_numpy()).all()
     t = study["transfer"].iloc[0]
-    assert 0 <= t.target_accuracy <= 1 and t.classifier_test_accuracy == clf["test_accuracy"]
+    assert 0 <= t.target_accuracy <= 1 and t.judge_test_accuracy == j["test_accuracy"]
     assert len(study["interpolation"]) >= 1 and study["interpolation"][0].shape == (8, 1, 16, 16)

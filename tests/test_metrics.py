@@ -52,6 +52,31 @@ def test_precision_recall_on_separated_clusters():
     assert pr["precision"] > 0.9 and pr["recall"] > 0.9 and pr["coverage"] > 0.9
 
 
+def test_kernel_distance_is_zero_for_one_distribution_and_positive_for_a_shift():
+    rng = np.random.default_rng(0)
+    a, a2 = rng.normal(size=(1500, 16)), rng.normal(size=(1500, 16))
+    shifted = rng.normal(size=(1500, 16)) + 0.5
+    same, new_sample = metrics.kernel_distance(a, a), metrics.kernel_distance(a, a2)
+    far = metrics.kernel_distance(a, shifted)
+    # Unbiased: two samples of one distribution give ~0 (either sign), a shift gives a clearly positive value.
+    assert abs(same) < 0.02 * far and abs(new_sample) < 0.02 * far and far > 0.1
+    assert metrics.kernel_distance(a, shifted, seed=3) == metrics.kernel_distance(a, shifted, seed=3)
+    state = np.random.get_state()[1].copy()
+    metrics.kernel_distance(a[:50], shifted[:50], seed=1)  # subsets of 50 when only 50 exist
+    assert (np.random.get_state()[1] == state).all()  # the caller's global NumPy state is untouched
+
+
+def test_kernel_distance_matches_the_polynomial_kernel_mmd_by_hand():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 3)) + 1
+    k = lambda a, b: (a @ b.T / 3 + 1) ** 3  # noqa: E731  KID's cubic kernel
+    m = 40
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
+    # With all 40 points every subset is the whole set (in some order), so each of the 100 terms is exact.
+    assert metrics.kernel_distance(x, y, num_subsets=5) == pytest.approx(mmd, rel=1e-9)
+
+
 class CountingExtractor(torch.nn.Module):
     """A feature extractor whose features are the per-channel mean and max of the image (in [0, 255])."""
 
@@ -106,20 +131,40 @@ def test_inception_fid_is_empty_without_the_weight_file(tmp_path):
     assert metrics.inception_features(np.zeros((2, 1, 8, 8), np.uint8), inception_dir=tmp_path) is None
 
 
-def test_inception_path_runs_with_a_stand_in_model(inception_dir, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_judge(tiny_data, tmp_path_factory):
+    from pagoda import judge
+    out = tmp_path_factory.mktemp("judge")
+    judge.train_judge(data_dir=tiny_data, resolution=8, run_dir=out, out_path=out / "judge.pt", steps=5, batch_size=8,
+                      width=4, feature_dim=8, progress=False, device="cpu")
+    return out / "judge.pt"
+
+
+SWD_KW = dict(swd_min_resolution=8, swd_descriptors_per_image=4, swd_projections=16)
+
+
+def test_inception_path_runs_with_a_stand_in_model(inception_dir, tiny_data, tiny_judge, tmp_path):
+    from pagoda.data import load_dataset
+    from pagoda.judge import load_judge
     assert metrics.inception_path(inception_dir) is not None
     feats = metrics.inception_features(np.zeros((3, 1, 8, 8), np.uint8), inception_dir=inception_dir)
     assert feats.shape == (3, 2048)
     ref = tmp_path / "ref.npz"
-    evaluate.reference_statistics(data_dir=tiny_data, resolution=8, out_path=ref, n_images=30, feature_size=32,
-                                  inception_dir=inception_dir)
+    evaluate.reference_statistics(data_dir=tiny_data, resolution=8, out_path=ref, judge_path=tiny_judge, n_images=30,
+                                  swd_images=20, feature_size=32, inception_dir=inception_dir)
     reference = evaluate.load_reference(ref)
     assert "inception_mu" in reference and reference["effnet_features"].shape == (30, 1280)
-    from pagoda.data import load_dataset
+    assert reference["judge_features"].shape == (30, 8) and reference["swd_images"].shape == (20, 1, 8, 8)
     images, _, _ = load_dataset(tiny_data, "train", 8)
-    same = evaluate.score(images[:30], reference, feature_size=32, inception_dir=inception_dir)
-    other = evaluate.score(255 - images[:30], reference, feature_size=32, inception_dir=inception_dir)
+    net = load_judge(tiny_judge)[0]
+    same = evaluate.score(images[:30], reference, judge_net=net, feature_size=32, inception_dir=inception_dir, **SWD_KW)
+    other = evaluate.score(255 - images[:30], reference, judge_net=net, feature_size=32, inception_dir=inception_dir,
+                           **SWD_KW)
     assert same["fid_inception"] is not None and other["fid_inception"] > same["fid_inception"]
-    assert other["fd_effnet"] > same["fd_effnet"]
-    without = evaluate.score(images[:30], reference, feature_size=32, inception_dir=tmp_path / "none")
-    assert without["fid_inception"] is None
+    for key in ("fd_effnet", "fd_judge", "kid_judge"):
+        assert other[key] > same[key], key
+    assert same["fd_judge"] < 1e-3 * other["fd_judge"]  # the reference's own images
+    assert other["recall_judge"] < same["recall_judge"] == 1.0
+    without = evaluate.score(images[:30], reference, judge_net=net, feature_size=32, inception_dir=tmp_path / "none",
+                             **SWD_KW)
+    assert without["fid_inception"] is None and without["fd_judge"] == same["fd_judge"]

@@ -62,7 +62,7 @@ def test_dry_run_schedules_every_stage(tmp_path):
     assert out.returncode == 0, out.stderr + out.stdout
     assert job_counts(out.stdout) == {
         "prepare_data": 1, "train_teacher": 1, "encode_shard": 1, "encode_latents": 1, "train_decoder": 3,
-        "compute_reference": 3, "evaluate_method": 13, "train_classifier": 1, "solve_inverse_problems": 1,
+        "compute_reference": 3, "evaluate_method": 13, "train_judge": 3, "solve_inverse_problems": 1,
         "make_report": 1, "all": 1}
 
 

@@ -8,7 +8,9 @@ Methods (the rows of results/fid_table.csv):
     stage2_bicubic       the Stage-2 decoder's samples upsampled to each higher resolution
     data_bicubic         held-out real images down to the base resolution and back up: what
                          upsampling alone recovers
-Every metric compares the method's images with the real *training* images at that resolution.
+Every metric compares the method's images with the real *training* images at that resolution: in the
+features of that resolution's judge (`pagoda.judge`, trained on real images only), in pixels (multi-scale
+SWD, `pagoda.swd`), and in EfficientNet-lite0 features, the space the decoder was trained against.
 """
 
 import json
@@ -18,8 +20,9 @@ import time
 import numpy as np
 import torch
 
-from . import loop, metrics
+from . import judge, loop, metrics, swd
 from .data import load_dataset, resize_uint8, to_uint8
+from .judge import load_judge
 from .sampling import class_labels, load_sampler, seeds_for
 
 METHODS = ("data_test", "teacher_ode", "teacher_ode_bicubic", "pagoda", "stage2_bicubic", "data_bicubic")
@@ -46,19 +49,28 @@ def rows(resolutions):
 # ----------------------------------------------------------------------------
 # Reference statistics of the training images.
 
-def reference_statistics(*, data_dir, resolution, out_path, n_images=5000, feature_size=64, inception_dir=None,
-                         seed=0, batch_size=250, device="cpu"):
-    """Features of `n_images` random training images at `resolution`: EfficientNet features (kept for
-    precision/recall) and their mean/covariance, plus Inception statistics if clean-fid's file exists."""
+def reference_statistics(*, data_dir, resolution, out_path, judge_path, n_images=5000, swd_images=2000,
+                         feature_size=64, inception_dir=None, seed=0, batch_size=250, device="cpu"):
+    """Features of `n_images` random training images at `resolution`, kept for precision/recall and KID, with
+    their mean/covariance: in the resolution's judge (the study's independent view) and in EfficientNet-lite0
+    (the decoder's training space); Inception statistics if clean-fid's file exists; and the first
+    `swd_images` of the same random subset as pixels, the real side of the sliced Wasserstein distance."""
     images, _, _ = load_dataset(data_dir, "train", resolution)
     idx = np.sort(np.random.default_rng(seed).choice(len(images), min(n_images, len(images)), replace=False))
     t0 = time.time()
-    feats = metrics.extract_features(images[idx], metrics.EffNetFeatures(feature_size).to(device),
+    subset = np.asarray(images[idx])
+    judge_net, judge_meta = load_judge(judge_path, device)
+    judge_feats = judge.image_features(judge_net, subset)
+    feats = metrics.extract_features(subset, metrics.EffNetFeatures(feature_size).to(device),
                                      batch_size=batch_size, device=device)
     mu, sigma = metrics.statistics(feats)
+    judge_mu, judge_sigma = metrics.statistics(judge_feats)
+    swd_subset = np.random.default_rng(seed + 1).permutation(len(idx))[:swd_images]
     out = {"effnet_features": feats.astype(np.float32), "effnet_mu": mu, "effnet_sigma": sigma,
+           "judge_features": judge_feats.astype(np.float32), "judge_mu": judge_mu, "judge_sigma": judge_sigma,
+           "swd_images": subset[swd_subset], "judge_test_accuracy": judge_meta["test_accuracy"],
            "n_images": len(idx), "feature_size": feature_size, "resolution": resolution}
-    inc = metrics.inception_features(images[idx], inception_dir=inception_dir, device=device)
+    inc = metrics.inception_features(subset, inception_dir=inception_dir, device=device)
     if inc is not None:
         out["inception_mu"], out["inception_sigma"] = metrics.statistics(inc)
     out["seconds"] = time.time() - t0
@@ -131,16 +143,32 @@ def load_samples(path):
 # ----------------------------------------------------------------------------
 # One record.
 
-def score(images, reference, *, feature_size=64, k=3, inception_dir=None, batch_size=250, device="cpu"):
-    """fd_effnet, precision/recall/density/coverage (k-NN on the same features), fid_inception or None."""
+def score(images, reference, *, judge_net, feature_size=64, k=3, swd_min_resolution=16,
+          swd_descriptors_per_image=128, swd_projections=512, inception_dir=None, seed=0, batch_size=250,
+          device="cpu"):
+    """Every metric of one row: in the judge's features (fd_judge, kid_judge, precision/recall/density/
+    coverage_judge, k-NN with k = `k`), in pixels (swd: mean over the Laplacian levels, swd_finest), in the
+    training space (fd_effnet, precision, recall, density, coverage) and fid_inception or None."""
     if int(reference["feature_size"]) != feature_size:
         raise ValueError(f"reference features were computed at {int(reference['feature_size'])} px, not {feature_size}")
+    images = np.asarray(images)
+    n = len(images)
+    judge_feats = judge.image_features(judge_net, images)
+    out = {"fd_judge": metrics.frechet_distance(metrics.statistics(judge_feats),
+                                                (reference["judge_mu"], reference["judge_sigma"])),
+           "kid_judge": metrics.kernel_distance(judge_feats, reference["judge_features"], seed=seed)}
+    prdc = metrics.precision_recall(reference["judge_features"][:n].astype(np.float64), judge_feats, k=k)
+    out.update({f"{key}_judge": v for key, v in prdc.items()})
+    levels = swd.multiscale_swd(images[:len(reference["swd_images"])], reference["swd_images"], min_resolution=swd_min_resolution,
+                                descriptors_per_image=swd_descriptors_per_image, n_projections=swd_projections,
+                                seed=seed)
+    out["swd"], out["swd_finest"] = levels.pop("swd"), levels.pop("swd_finest")
+    out["swd_levels"] = {str(r): v for r, v in levels.items()}
     feats = metrics.extract_features(images, metrics.EffNetFeatures(feature_size).to(device), batch_size=batch_size,
                                      device=device)
-    out = {"fd_effnet": metrics.frechet_distance(metrics.statistics(feats),
-                                                 (reference["effnet_mu"], reference["effnet_sigma"]))}
-    real = reference["effnet_features"][: len(images)].astype(np.float64)
-    out.update(metrics.precision_recall(real, feats, k=k))
+    out["fd_effnet"] = metrics.frechet_distance(metrics.statistics(feats),
+                                                (reference["effnet_mu"], reference["effnet_sigma"]))
+    out.update(metrics.precision_recall(reference["effnet_features"][:n].astype(np.float64), feats, k=k))
     out["fid_inception"] = None
     if "inception_mu" in reference:
         inc = metrics.inception_features(images, inception_dir=inception_dir, device=device)
@@ -150,9 +178,10 @@ def score(images, reference, *, feature_size=64, k=3, inception_dir=None, batch_
     return out
 
 
-def evaluate(method, resolution, *, resolutions, reference_path, out_path, samples_path, n_samples=2000, seed=0,
-             data_dir, teacher_path=None, decoder_path=None, base_samples_path=None, num_points=40,
-             feature_size=64, k=3, inception_dir=None, batch_size=500, device="auto"):
+def evaluate(method, resolution, *, resolutions, reference_path, judge_path, out_path, samples_path, n_samples=2000,
+             seed=0, data_dir, teacher_path=None, decoder_path=None, base_samples_path=None, num_points=40,
+             feature_size=64, k=3, swd_min_resolution=16, swd_descriptors_per_image=128, swd_projections=512,
+             inception_dir=None, batch_size=500, device="auto"):
     """Make (or upsample) the method's images, score them, write the JSON record and the samples."""
     if not applies(method, resolution, resolutions):
         raise ValueError(f"{method} has no row at resolution {resolution} (resolutions {resolutions})")
@@ -164,8 +193,10 @@ def evaluate(method, resolution, *, resolutions, reference_path, out_path, sampl
                                              num_points=num_points, batch_size=batch_size, device=device)
     save_samples(samples_path, images, labels, nfe, ips)
     record = {"method": method, "resolution": resolution, "nfe": nfe, "n_samples": int(len(images)),
-              **score(images, load_reference(reference_path), feature_size=feature_size, k=k,
-                      inception_dir=inception_dir, device=device),
+              **score(images, load_reference(reference_path), judge_net=load_judge(judge_path, device)[0],
+                      feature_size=feature_size, k=k, swd_min_resolution=swd_min_resolution,
+                      swd_descriptors_per_image=swd_descriptors_per_image, swd_projections=swd_projections,
+                      inception_dir=inception_dir, seed=seed, device=device),
               "images_per_sec": ips, "device": loop.device_name(device) if ips is not None else None,
               "feature_size": feature_size}
     loop.atomic_write_json(record, out_path)

@@ -191,12 +191,25 @@ def psnr(x, ref):
     return -10 * torch.log10(mse)
 
 
-def ssim(x, ref):
-    """scikit-image SSIM per image on [0, 1] images (grey or RGB)."""
+def ssim(x, ref, *, sigma=1.5):
+    """SSIM per image on [0, 1] images (grey or RGB) as Wang et al. 2004 define it and published numbers use:
+    an 11x11 Gaussian window of std 1.5 and population (not sample) covariances, by scikit-image. On images
+    smaller than 11 px the same filter is used, and the border left out of the mean shrinks to fit."""
     from skimage.metrics import structural_similarity
     a, b = _to01(x), _to01(ref)
+    side = min(a.shape[-2:])
+    win_size = min(11, side if side % 2 else side - 1)  # only sets the border crop: the filter stays 11-tap
     return torch.tensor([structural_similarity(b[i].transpose(1, 2, 0), a[i].transpose(1, 2, 0), data_range=1.0,
-                                               channel_axis=-1) for i in range(len(a))])
+                                               channel_axis=-1, gaussian_weights=True, sigma=sigma,
+                                               win_size=win_size, use_sample_covariance=False)
+                         for i in range(len(a))])
+
+
+def feature_distance(features, ref_features):
+    """Per image, ||f/|f| - g/|g|||^2 between feature vectors (numpy, N x D): LPIPS' unit normalisation,
+    so the value lies in [0, 4] and does not reward feature magnitude."""
+    unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)  # noqa: E731
+    return np.square(unit(features) - unit(ref_features)).sum(axis=1)
 
 
 def timed(fn, *args, **kwargs):

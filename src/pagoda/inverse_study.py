@@ -8,6 +8,13 @@ Tasks on held-out test images at the top resolution (task names as in results/in
     inpaint_random  half of the pixels missing at random: same methods
     deblur          Gaussian blur plus noise: `pagoda` (latent optimisation), `richardson_lucy` baseline
 Class transfer and interpolation work on the same test images.
+
+Every restoration is judged by the top resolution's judge network (`pagoda.judge`), which no part of
+PaGoDA trains against: `judge_distance` (per image, squared distance of unit-normalised penultimate
+features, LPIPS-style) and `kid_judge` (clean-fid's unbiased KID of the restored set against the true
+images, usable at 100 images where a 1280-d Frechet distance is not), with PSNR and SSIM (Gaussian window).
+`effnet_distance` is the growth stages' own reconstruction distance (EfficientNet-lite0), kept as the
+training-space view.
 """
 
 import numpy as np
@@ -16,7 +23,8 @@ import torch
 
 from . import edm, inverse, loop, metrics
 from .checkpoints import load_network
-from .classifier import load_classifier, predict
+from .judge import features as judge_features
+from .judge import load_judge, predict
 from .data import load_dataset, resize, to_model
 from .losses import ReconstructionDistance
 from .sampling import image_noise, seeds_for
@@ -25,8 +33,8 @@ from .sampling import image_noise, seeds_for
 class Context:
     """Everything the tasks share: networks, test images, labels, metric helpers."""
 
-    def __init__(self, *, data_dir, teacher_path, decoder_path, n_images, num_points=40, feature_size=64, seed=0,
-                 device="cpu"):
+    def __init__(self, *, data_dir, teacher_path, decoder_path, judge_path, n_images, num_points=40, feature_size=64,
+                 seed=0, device="cpu"):
         self.device = device
         self.teacher, _ = load_network(teacher_path, device=device, expect_kind="teacher")
         self.G, meta = load_network(decoder_path, device=device, expect_kind="decoder")
@@ -37,13 +45,12 @@ class Context:
         self.x = to_model(images[:n_images]).to(device)
         self.labels = torch.as_tensor(labels[:n_images]).to(device)
         self.num_points, self.seed = num_points, seed
-        self.perceptual = ReconstructionDistance("feature", input_size=feature_size, augment=False).to(device)
-        self.fd_features = metrics.EffNetFeatures(feature_size).to(device)
-        self.truth_features = self.features(self.x)
-
-    def features(self, x):
-        with torch.no_grad():
-            return torch.cat([self.fd_features((x[b:b + 250] + 1) * 127.5) for b in range(0, len(x), 250)]).cpu().double().numpy()
+        self.effnet_distance = ReconstructionDistance("feature", input_size=feature_size, augment=False).to(device)
+        self.judge, self.judge_meta = load_judge(judge_path, device)
+        if self.judge.hparams["resolution"] != self.top:
+            raise ValueError(f"{judge_path} judges {self.judge.hparams['resolution']} px images, the decoder makes "
+                             f"{self.top} px")
+        self.truth_features = judge_features(self.judge, self.x)
 
     def encode_low(self, y_low):
         """Teacher inversion of (an estimate of) the image at the base resolution."""
@@ -56,12 +63,15 @@ class Context:
 
     def score(self, task, method, x_hat, seconds):
         with torch.no_grad():
-            perceptual = torch.cat([self.perceptual(x_hat[b:b + 250], self.x[b:b + 250])
-                                    for b in range(0, len(x_hat), 250)])
-        fd = metrics.frechet_distance(metrics.statistics(self.features(x_hat)), metrics.statistics(self.truth_features))
+            effnet = torch.cat([self.effnet_distance(x_hat[b:b + 250], self.x[b:b + 250])
+                                for b in range(0, len(x_hat), 250)])
+        feats = judge_features(self.judge, x_hat)
         return {"task": task, "method": method, "psnr": float(inverse.psnr(x_hat.cpu(), self.x.cpu()).mean()),
-                "ssim": float(inverse.ssim(x_hat, self.x).mean()), "perceptual": float(perceptual.mean()),
-                "fd_effnet": fd, "sec_per_image": seconds / len(x_hat), "n_images": len(x_hat)}
+                "ssim": float(inverse.ssim(x_hat, self.x).mean()),
+                "judge_distance": float(inverse.feature_distance(feats, self.truth_features).mean()),
+                "kid_judge": metrics.kernel_distance(feats, self.truth_features, seed=self.seed),
+                "effnet_distance": float(effnet.mean()), "sec_per_image": seconds / len(x_hat),
+                "n_images": len(x_hat)}
 
 
 def latent_optimisation(ctx, operator, y, *, init, steps, lr):
@@ -119,16 +129,15 @@ def run_tasks(ctx, *, box_fraction=0.5, missing=0.5, blur_sigma=1.0, noise_std=0
     return pd.DataFrame(rows), shown, curves
 
 
-def class_transfer(ctx, classifier_path, *, examples=8):
-    """Invert with the true label, decode with another; judged by a classifier trained on real images."""
-    clf, meta = load_classifier(classifier_path, ctx.device)
+def class_transfer(ctx, *, examples=8):
+    """Invert with the true label, decode with another; judged by the top resolution's judge."""
     k = len(ctx.classes)
     g = torch.Generator().manual_seed(ctx.seed)
     target = (ctx.labels.cpu() + torch.randint(1, k, (len(ctx.x),), generator=g)) % k  # any other class
     z = ctx.encode_low(resize(ctx.x, ctx.base))
     moved = inverse.decode(ctx.G, z, target.to(ctx.device), sigma_max=ctx.sigma_max)
     kept = inverse.decode(ctx.G, z, ctx.labels, sigma_max=ctx.sigma_max)
-    pred = predict(clf, moved).cpu()
+    pred = predict(ctx.judge, moved).cpu()
     moved, kept, x = moved.cpu(), kept.cpu(), ctx.x.cpu()  # the scores are computed on the CPU
     fg = lambda a: a > -0.5  # noqa: E731  foreground of dark-background images
     inter = (fg(moved) & fg(x)).flatten(1).sum(1).float()
@@ -139,7 +148,7 @@ def class_transfer(ctx, classifier_path, *, examples=8):
         "ssim_to_source": float(inverse.ssim(moved, x).mean()),
         "ssim_same_label": float(inverse.ssim(kept, x).mean()),
         "silhouette_iou": float((inter / union).mean()),
-        "classifier_test_accuracy": meta["test_accuracy"],
+        "judge_test_accuracy": ctx.judge_meta["test_accuracy"],
         "n_images": len(ctx.x)}])
     shown = {"source": x[:examples], "same label": kept[:examples], "other label": moved[:examples]}
     names = [ctx.classes[int(t)].split("/")[0] for t in target[:examples]]
@@ -161,13 +170,13 @@ def interpolation(ctx, *, pairs=4, steps=8):
     return strips
 
 
-def run_study(*, data_dir, teacher_path, decoder_path, classifier_path, n_images=200, num_points=40, feature_size=64,
+def run_study(*, data_dir, teacher_path, decoder_path, judge_path, n_images=200, num_points=40, feature_size=64,
               seed=0, device="auto", **task_kw):
     device = loop.resolve_device(device)
-    ctx = Context(data_dir=data_dir, teacher_path=teacher_path, decoder_path=decoder_path, n_images=n_images,
-                  num_points=num_points, feature_size=feature_size, seed=seed, device=device)
+    ctx = Context(data_dir=data_dir, teacher_path=teacher_path, decoder_path=decoder_path, judge_path=judge_path,
+                  n_images=n_images, num_points=num_points, feature_size=feature_size, seed=seed, device=device)
     table, shown, curves = run_tasks(ctx, **task_kw)
-    transfer, transfer_shown, target_names = class_transfer(ctx, classifier_path)
+    transfer, transfer_shown, target_names = class_transfer(ctx)
     return {"table": table, "examples": shown, "curves": curves, "transfer": transfer,
             "transfer_examples": transfer_shown, "transfer_targets": target_names,
             "interpolation": interpolation(ctx), "device": loop.device_name(device)}

@@ -8,6 +8,10 @@
                  clean-fid's weight file is on the machine; otherwise None, never estimated.
 - precision, recall (and density, coverage): improved precision/recall with k = 3 nearest neighbours
                  on the same EfficientNet features, from the `prdc` package.
+- kernel_distance: KID (Binkowski et al. 2018), the unbiased MMD^2 with the cubic polynomial kernel,
+                 by clean-fid, on any features (the judges' in this study).
+The EfficientNet space is the one the decoder's loss and discriminator train against; the study's claims
+rest on the judge networks (`pagoda.judge`) and the pixel-space SWD (`pagoda.swd`).
 """
 
 import pathlib
@@ -80,6 +84,19 @@ def frechet_distance(stats_a, stats_b):
     tr_covmean = np.sqrt(np.clip(lam, 0, None)).sum()
     diff = mu_a - mu_b
     return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * tr_covmean)
+
+
+def kernel_distance(features_a, features_b, *, num_subsets=100, max_subset_size=1000, seed=0):
+    """clean-fid's unbiased KID: mean over `num_subsets` random subsets of min(n_a, n_b, max_subset_size)
+    features. clean-fid draws the subsets from NumPy's global generator: it is seeded here and restored
+    after, so the value is reproducible and no caller's random state changes."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return cleanfid.kernel_distance(np.asarray(features_a, np.float64), np.asarray(features_b, np.float64),
+                                        num_subsets=num_subsets, max_subset_size=max_subset_size)
+    finally:
+        np.random.set_state(state)
 
 
 def precision_recall(real_features, fake_features, k=3):

@@ -1,0 +1,33 @@
+rule train_judge:
+    """Train the judge of one resolution, a CNN classifier of the real training images only (notebook 05)."""
+    input:
+        notebook="notebooks/05_judge.ipynb",
+        data=lambda wildcards: data_file("train", wildcards.res),
+    output:
+        judge=f"{R}/judge/{{res}}/judge.pt",
+    log:
+        notebook=f"{R}/notebooks/05_judge_{{res}}.ipynb",
+        stderr=f"{R}/logs/train_judge_{{res}}.log",
+    wildcard_constraints:
+        res="|".join(str(r) for r in RESOLUTIONS),
+    params:
+        parameters=lambda wildcards: notebook_parameters(
+            data_dir=f"{R}/data",
+            resolution=int(wildcards.res),
+            run_dir=f"{R}/judge/{wildcards.res}",
+            out_path=judge_path(wildcards.res),
+            steps=config["judge"]["steps"],
+            batch_size=config["judge"]["batch_size"],
+            lr=config["judge"]["lr"],
+            width=config["judge"]["width"],
+            feature_dim=config["judge"]["feature_dim"],
+            seed=config["seed"],
+            device=config["device"],
+        ),
+    conda:
+        "../envs/pagoda.yaml"
+    # One thread: a small CNN uses one core nearly as well as two, and the judges then share the machine
+    # with the other one-thread jobs instead of waiting for the training stages.
+    threads: 1
+    shell:
+        PAPERMILL
