@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pagoda import data
+from pagoda import data, decoder, encode
 from pagoda.checkpoints import save_network
+from pagoda.discriminator import ProjectedDiscriminator
+from pagoda.features import EfficientNetLite0
+from pagoda.losses import ReconstructionDistance
 from pagoda.networks import UNet, UNetConfig
 
 TINY_NET = UNetConfig(img_resolution=8, in_channels=1, out_channels=1, model_channels=16, channel_mult=(1, 2),
@@ -61,3 +64,31 @@ def tiny_teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     save_network(path, net, kind="teacher", meta={"classes": [str(i) for i in range(10)]})
     return path
+
+
+@pytest.fixture(scope="session")
+def latents(tiny_teacher, tiny_data, tmp_path_factory):
+    """Encoded latents of 12 tiny images and their flips, plus 16 noise -> teacher-sample pairs."""
+    out = tmp_path_factory.mktemp("latents")
+    encode.encode_dataset(teacher_path=tiny_teacher, data_dir=tiny_data, resolution=8, out_dir=out, n_images=12,
+                          num_points=6, shard_size=8, progress=False, device="cpu")
+    encode.teacher_pairs(teacher_path=tiny_teacher, out_dir=out, n_pairs=16, num_points=6, progress=False,
+                         device="cpu")
+    return out
+
+
+def make_task(tiny_teacher, tiny_data, latents, *, resolution=8, objective="reconstruction",
+              weighting="adaptive", targets=None, latent_arrays=None, gan_weight=0.2):
+    """A Stage-2 DecoderTask on the tiny teacher and data (batch 8)."""
+    torch.manual_seed(0)
+    G = decoder.init_decoder(tiny_teacher, resolution=resolution)
+    backbone = EfficientNetLite0(input_size=32)
+    images, labels, _ = data.load_dataset(tiny_data, "train", resolution)
+    pairs = encode.load_latents(latents, prefix="pairs") if objective != "reconstruction" else None
+    return decoder.DecoderTask(G, ProjectedDiscriminator(num_classes=10, backbone=backbone),
+                               ReconstructionDistance("feature", backbone=backbone),
+                               latents=latent_arrays or encode.load_latents(latents),
+                               targets=images if targets is None else targets,
+                               train_images=images if targets is None else targets, train_labels=labels,
+                               pairs=pairs, objective=objective, weighting=weighting, batch_size=8, lr_g=1e-3,
+                               gan_weight=gan_weight)

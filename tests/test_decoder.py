@@ -6,22 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_task
+
 from pagoda import decoder, edm, encode, loop, sampling
 from pagoda.checkpoints import load_network
 from pagoda.data import load_dataset
-from pagoda.discriminator import ProjectedDiscriminator
-from pagoda.features import EfficientNetLite0
-from pagoda.losses import ReconstructionDistance
-
-
-@pytest.fixture(scope="module")
-def latents(tiny_teacher, tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("latents")
-    encode.encode_dataset(teacher_path=tiny_teacher, data_dir=tiny_data, resolution=8, out_dir=out, n_images=12,
-                          num_points=6, shard_size=8, progress=False, device="cpu")
-    encode.teacher_pairs(teacher_path=tiny_teacher, out_dir=out, n_pairs=16, num_points=6, progress=False,
-                         device="cpu")
-    return out
 
 
 def test_encoding_plan_pairs_images_with_their_flips():
@@ -92,20 +81,6 @@ def test_generator_starts_as_the_teacher_network_at_sigma_max(tiny_teacher):
     raw = teacher(edm.c_in(80.0) * z, torch.full((3,), edm.c_noise(80.0)), y)
     torch.testing.assert_close(decoder.generate(G, z, y), raw)
     assert all(p.requires_grad for p in G.parameters())
-
-
-def make_task(tiny_teacher, tiny_data, latents, *, resolution=8, objective="reconstruction",
-              weighting="adaptive", targets=None):
-    torch.manual_seed(0)
-    G = decoder.init_decoder(tiny_teacher, resolution=resolution)
-    backbone = EfficientNetLite0(input_size=32)
-    images, labels, _ = load_dataset(tiny_data, "train", resolution)
-    pairs = encode.load_latents(latents, prefix="pairs") if objective != "reconstruction" else None
-    return decoder.DecoderTask(G, ProjectedDiscriminator(num_classes=10, backbone=backbone),
-                               ReconstructionDistance("feature", backbone=backbone),
-                               latents=encode.load_latents(latents), targets=images if targets is None else targets,
-                               train_images=images if targets is None else targets, train_labels=labels,
-                               pairs=pairs, objective=objective, weighting=weighting, batch_size=8, lr_g=1e-3)
 
 
 def params_of(module):

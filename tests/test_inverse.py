@@ -109,6 +109,12 @@ def test_ssim_uses_the_gaussian_window_of_wang_et_al():
     assert abs(expected - np.mean(c1 / (uniform ** 2 + c1) * c2 / (uniform - uniform ** 2 + c2))) > 0.01
 
 
+def test_psnr_is_on_the_0_1_scale():
+    ref = torch.zeros(2, 1, 4, 4)
+    x = ref + 0.2  # 0.1 on [0, 1]: MSE 0.01, 20 dB (13.98 dB if it were measured on [-1, 1])
+    torch.testing.assert_close(inverse.psnr(x, ref), torch.full((2,), 20.0))
+
+
 def test_feature_distance_is_zero_for_equal_directions_and_four_for_opposite():
     f = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])
     np.testing.assert_allclose(inverse.feature_distance(f, 3 * f), 0, atol=1e-12)

@@ -46,3 +46,30 @@ def test_two_process_decoder_training_matches_one_process(tiny_teacher, tiny_dat
     # of a sum split in two (Adam-type updates amplify it for near-zero gradients).
     for k, v in one["net"].items():
         assert (two["net"][k] - v).abs().max().item() < 0.05 * moved, k
+
+
+def _sync_worker(rank, init_file, out_dir, same):
+    """One gloo rank: weights equal on both ranks (`same`) or rank-dependent; records what the check did."""
+    import pathlib
+
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0 if same else rank)
+    net = torch.nn.Linear(3, 2)
+    try:
+        loop.check_ranks_in_sync({"net": net})
+        result = "in sync"
+    except RuntimeError as e:
+        result = str(e)
+    pathlib.Path(out_dir, f"rank{rank}.txt").write_text(result)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_rank_sync_check_stops_diverged_replicas(tmp_path, same):
+    torch.multiprocessing.spawn(_sync_worker, args=(str(tmp_path / f"init{same}"), str(tmp_path), same), nprocs=2)
+    results = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    if same:
+        assert results == ["in sync", "in sync"]
+    else:  # every rank stops, not only the one that diverged
+        assert all("DDP ranks hold different weights" in r for r in results)
