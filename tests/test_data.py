@@ -1,5 +1,7 @@
 """Data: Fashion-MNIST discovery and parsing, the one resampling operator, image folders, the data stage."""
 
+import pathlib
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +35,29 @@ def test_missing_data_error_names_all_three_ways(tmp_path, monkeypatch):
 
 def test_locate_prefers_the_configured_folder(tiny_fmnist):
     assert data.locate_fashion_mnist(tiny_fmnist, debian_dir="/nonexistent") == tiny_fmnist
+
+
+def test_data_sources_are_tried_in_order(tiny_fmnist, tmp_path, monkeypatch):
+    """The config's folder, then the Debian package, then torchvision's download: each only when the ones
+    before it have nothing."""
+    import shutil
+
+    import torchvision.datasets
+    downloads = []
+
+    class FakeDownload:  # writes the IDX files where torchvision would
+        def __init__(self, root, train, download):
+            downloads.append(train)
+            shutil.copytree(tiny_fmnist, pathlib.Path(root) / "FashionMNIST" / "raw", dirs_exist_ok=True)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeDownload)
+    debian = tmp_path / "debian"
+    shutil.copytree(tiny_fmnist, debian)
+    dl = tmp_path / "dl"
+    assert data.locate_fashion_mnist(tiny_fmnist, download_dir=dl, debian_dir=debian) == tiny_fmnist
+    assert data.locate_fashion_mnist(None, download_dir=dl, debian_dir=debian) == debian
+    assert downloads == []  # neither found it by downloading
+    found = data.locate_fashion_mnist(None, download_dir=dl, debian_dir=tmp_path / "no-debian")
+    assert found == dl / "FashionMNIST" / "raw" and downloads == [True, False]
 
 
 def test_real_fashion_mnist_counts_shapes_ranges_labels():
