@@ -85,11 +85,17 @@ def test_downsampler_matches_pil_bicubic(size):
 
 def test_upsampling_uses_the_same_kernel_as_pil():
     rng = np.random.default_rng(0)
-    images = (rng.random((6, 1, 8, 8)) * 255).round().astype(np.uint8)
-    ours = data.resize_uint8(images, 32).astype(int)
-    pil = np.stack([np.asarray(Image.fromarray(im[0]).resize((32, 32), Image.BICUBIC))[None] for im in images])
-    # Away from PIL's intermediate clipping the two agree to rounding.
-    assert np.median(np.abs(ours - pil)) == 0 and np.abs(ours - pil).mean() < 0.5
+    pil_up = lambda images: np.stack([np.asarray(Image.fromarray(im[0]).resize((32, 32), Image.BICUBIC))[None]  # noqa: E731
+                                      for im in images])
+    # Mid-grey images, whose bicubic overshoot stays inside [0, 255]: one grey level at most (PIL's rounding
+    # between its two passes).
+    mid = (64 + rng.random((20, 1, 8, 8)) * 128).round().astype(np.uint8)
+    assert np.abs(data.resize_uint8(mid, 32).astype(int) - pil_up(mid)).max() <= 1
+    # Full-range noise: PIL also clips its first pass to [0, 255], so single pixels next to an overshoot
+    # differ by up to ~20 levels; the typical pixel still agrees.
+    noise = (rng.random((20, 1, 8, 8)) * 255).round().astype(np.uint8)
+    diff = np.abs(data.resize_uint8(noise, 32).astype(int) - pil_up(noise))
+    assert np.median(diff) == 0 and diff.mean() < 0.5 and diff.max() <= 24
 
 
 def test_resize_is_identity_at_same_size_and_round_trips_uint8():
