@@ -26,8 +26,9 @@ rule train_judge:
         ),
     conda:
         "../envs/pagoda.yaml"
-    # One thread: a small CNN uses one core nearly as well as two, and the judges then share the machine
-    # with the other one-thread jobs instead of waiting for the training stages.
+    # One thread: a small CNN uses one core nearly as well as two. Priority: the judges start first, so the
+    # 32x32 judge (the longest) runs beside the short one-thread jobs instead of alone before the teacher.
     threads: 1
+    priority: 1
     shell:
         PAPERMILL
