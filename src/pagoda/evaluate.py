@@ -53,8 +53,8 @@ def reference_statistics(*, data_dir, resolution, out_path, judge_path, n_images
                          feature_size=64, inception_dir=None, seed=0, batch_size=250, device="cpu"):
     """Features of `n_images` random training images at `resolution`, kept for precision/recall and KID, with
     their mean/covariance: in the resolution's judge (the study's independent view) and in EfficientNet-lite0
-    (the decoder's training space); Inception statistics if clean-fid's file exists; and the first
-    `swd_images` of the same random subset as pixels, the real side of the sliced Wasserstein distance."""
+    (the decoder's training space); Inception statistics if clean-fid's file exists; and `swd_images`
+    random images of the same subset as pixels, the real side of the sliced Wasserstein distance."""
     images, _, _ = load_dataset(data_dir, "train", resolution)
     idx = np.sort(np.random.default_rng(seed).choice(len(images), min(n_images, len(images)), replace=False))
     t0 = time.time()
