@@ -74,8 +74,9 @@ def claim_sentences(claims_table):
         verdict = "not measured" if "nan" in c.measured else ("HOLDS" if c.holds else "DOES NOT HOLD")
         line = f"{verdict} ({c.metric}): {c.claim}. Measured: {c.measured}."
         if verdict == "not measured":
-            pass
-        elif not isinstance(c.training_measured, str):
+            lines.append(line)
+            continue
+        if not isinstance(c.training_measured, str):
             line += " Training space: not applicable."
         elif c.training_holds == c.holds:
             line += f" The training space agrees ({c.training_measured})."
