@@ -13,17 +13,20 @@ from pagoda.data import resize
 def operators():
     shape = (1, 16, 16)
     return [inverse.Downsample(shape, 4), inverse.Mask(inverse.center_box_mask(16)),
-            inverse.Mask(inverse.random_pixel_mask(3, 16, seed=1)), inverse.GaussianBlur(shape, 1.2)]
+            inverse.Mask(inverse.random_pixel_mask(1, 16, seed=1)), inverse.GaussianBlur(shape, 1.2)]
 
 
 @pytest.mark.parametrize("op", operators(), ids=["downsample", "box", "random", "blur"])
-def test_adjoint_identity(op):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 1, 16, 16, generator=g, dtype=torch.float64)
-    y = torch.randn(op(x).shape, generator=g, dtype=torch.float64)
-    lhs = (op(x) * y).sum()
-    rhs = (x * op.adjoint(y)).sum()
-    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-10)
+def test_adjoint_is_the_transpose_of_the_operators_matrix(op):
+    # The matrix of A, column by column from A applied to basis images (forward only, no autograd), then
+    # A^T y against op.adjoint(y): an adjoint that is not the transpose (e.g. A itself for the blur, whose
+    # mirror padding makes A non-symmetric) fails.
+    n = 16 * 16
+    basis = torch.eye(n, dtype=torch.float64).view(n, 1, 16, 16)
+    matrix = torch.cat([op(basis[i:i + 1]) for i in range(n)]).flatten(1).T  # (m, n)
+    y = torch.randn(1, *op(basis[:1]).shape[1:], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(op.adjoint(y).flatten(), matrix.T @ y.flatten(), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(matrix, torch.zeros_like(matrix))
 
 
 def test_operators_match_direct_computations():
@@ -143,5 +146,49 @@ def test_inverse_stage_on_tiny_data(tiny_teacher, grown, tiny_data, tmp_path):
                                    "sec_per_image", "n_images"]
     assert np.isfinite(table[["psnr", "ssim", "judge_distance", "kid_judge", "effnet_distance"]].to_numpy()).all()
     t = study["transfer"].iloc[0]
-    assert 0 <= t.target_accuracy <= 1 and t.judge_test_accuracy == j["test_accuracy"]
+    assert t.judge_test_accuracy == j["test_accuracy"] and t.n_images == 12
     assert len(study["interpolation"]) >= 1 and study["interpolation"][0].shape == (8, 1, 16, 16)
+
+
+class _PaintLabel(torch.nn.Module):
+    """A stand-in decoder: every pixel of G(z, y) is the grey level of class y (0 -> -1, k - 1 -> 1)."""
+
+    def __init__(self, k, resolution):
+        super().__init__()
+        self.k, self.resolution, self.scale = k, resolution, torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, c_noise, labels):
+        grey = -1 + 2 * labels.float() / (self.k - 1)
+        return self.scale * grey.view(-1, 1, 1, 1).expand(-1, 1, self.resolution, self.resolution)
+
+
+class _ReadGrey(torch.nn.Module):
+    """A stand-in judge that reads the class back from the mean grey level."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.centres = torch.nn.Parameter(-1 + 2 * torch.arange(k).float() / (k - 1))
+
+    def forward(self, x):
+        return -(x.mean((1, 2, 3))[:, None] - self.centres).abs()
+
+
+def test_class_transfer_scores_the_judges_predictions_against_the_target_labels():
+    # With a decoder that paints its label and a judge that reads it back, every transferred image is
+    # judged as its target class and none as its source class; decoding with the true label gives the
+    # source image itself (SSIM 1) when the source images are the painted ones.
+    from types import SimpleNamespace
+    k, n = 5, 20
+    labels = torch.arange(n) % k
+    G = _PaintLabel(k, 16)
+    with torch.no_grad():
+        x = G(None, None, labels)
+    ctx = SimpleNamespace(classes=[f"c{i}" for i in range(k)], seed=3, labels=labels, x=x, base=8, G=G, sigma_max=80.0,
+                          judge=_ReadGrey(k), judge_meta={"test_accuracy": 0.75}, device="cpu",
+                          encode_low=lambda y: torch.zeros(len(y), 1, 8, 8))
+    table, shown, names = inverse_study.class_transfer(ctx, examples=4)
+    t = table.iloc[0]
+    assert t.target_accuracy == 1.0 and t.source_label_rate == 0.0 and t.judge_test_accuracy == 0.75
+    assert t.ssim_same_label == pytest.approx(1.0) and t.ssim_to_source < 1 and t.n_images == n
+    assert len(names) == 4 and all(name != f"c{int(y)}" for name, y in zip(names, labels[:4]))
+    torch.testing.assert_close(shown["same label"], x[:4])

@@ -7,6 +7,7 @@ import torch
 
 from pagoda import encode, launch, loop
 from pagoda.checkpoints import load_checkpoint
+from pagoda.plots import read_metrics
 
 
 def test_nproc_per_node_settings():
@@ -46,6 +47,13 @@ def test_two_process_decoder_training_matches_one_process(tiny_teacher, tiny_dat
     # of a sum split in two (Adam-type updates amplify it for near-zero gradients).
     for k, v in one["net"].items():
         assert (two["net"][k] - v).abs().max().item() < 0.05 * moved, k
+    # lambda comes from the last-layer gradients averaged over the ranks, i.e. from the global batch: at the
+    # first step (same weights) both runs log it within 1% (0.1% here), inside the clip range; a rank's own
+    # half-batch gradients give another (0.30 instead of 0.36 here). Later steps drift with the weights.
+    lam = {n: read_metrics(tmp_path / f"nproc{n}")["lambda"].tolist() for n in (1, 2)}
+    assert len(lam[1]) == 4 and all(0.2 * 0.01 < v < 0.2 * 10 for v in lam[1])
+    assert lam[2][0] == pytest.approx(lam[1][0], rel=0.01)
+    assert lam[2] == pytest.approx(lam[1], rel=0.05)
 
 
 def _sync_worker(rank, init_file, out_dir, same):
