@@ -1,7 +1,7 @@
 # Shared helpers (paths, semantic config checks, the papermill command), included first by the Snakefile.
 import json
 
-from pagoda import encode, evaluate
+from pagoda import encode, evaluate, layout
 from pagoda.workflow import check_config
 
 check_config(config)
@@ -80,7 +80,7 @@ def encode_parameters():
 
 
 def decoder_path(res):
-    return f"{R}/decoder/{res}/decoder.pt"
+    return layout.decoder_path(f"{R}/decoder", res)
 
 
 def decoder_init(res):
@@ -90,8 +90,16 @@ def decoder_init(res):
 
 
 def decoder_parameters(res):
+    """Notebook 04_decoder's parameters (Stage 2) or 04_growth's (a growth stage: no growth_* at the base)."""
     i = RESOLUTIONS.index(int(res))
     dec, stage = config["decoder"], config["decoder"]["stages"][i]
+    growth = dict(
+        growth_channels=stage.get("growth_channels"),
+        growth_res_blocks=stage.get("growth_res_blocks", 2),
+        trainable_output_blocks=stage.get("trainable_output_blocks"),
+        growth_head=dec["growth_head"],
+        base_path=decoder_path(BASE),
+    )
     return notebook_parameters(
         data_dir=f"{R}/data",
         latents_dir=f"{R}/latents",
@@ -111,38 +119,29 @@ def decoder_parameters(res):
         backbone_source=dec["backbone_source"],
         objective=dec["objective"],
         feature_size=stage["feature_size"],
-        growth_channels=stage.get("growth_channels"),
-        growth_res_blocks=stage.get("growth_res_blocks", 2),
-        trainable_output_blocks=stage.get("trainable_output_blocks"),
-        growth_head=dec["growth_head"],
         sigma_max=dec["sigma_max"],
         checkpoint_every=dec["checkpoint_every"],
-        previous_path=decoder_path(RESOLUTIONS[i - 1]) if i > 0 else None,
-        base_path=decoder_path(BASE) if i > 0 else None,
         seed=config["seed"],
         device=config["device"],
         nproc_per_node=config["nproc_per_node"],
+        **(growth if i > 0 else {}),
     )
 
 
 def judge_path(res):
-    return f"{R}/judge/{res}/judge.pt"
+    return layout.judge_path(f"{R}/judge", res)
 
 
 def reference_path(res):
-    return f"{R}/eval/reference_{res}.npz"
+    return layout.reference_path(f"{R}/eval", res)
 
 
 def record_path(method, res):
-    return f"{R}/eval/{method}_{res}.json"
+    return layout.record_path(f"{R}/eval", method, res)
 
 
 def samples_path(method, res):
-    return f"{R}/eval/samples/{method}_{res}.npz"
-
-
-# The generator behind each *_bicubic row, whose base-resolution samples it upsamples.
-BICUBIC_SOURCE = {"teacher_ode_bicubic": "teacher_ode", "stage2_bicubic": "pagoda"}
+    return layout.samples_path(f"{R}/eval", method, res)
 
 
 def evaluation_inputs(wildcards):
@@ -154,26 +153,21 @@ def evaluation_inputs(wildcards):
         return {"teacher": TEACHER}
     if method == "pagoda":
         return {"decoder": decoder_path(res)}
-    if method in BICUBIC_SOURCE:
-        return {"base_samples": samples_path(BICUBIC_SOURCE[method], BASE)}
+    if method in evaluate.BICUBIC_SOURCE:
+        return {"base_samples": samples_path(evaluate.BICUBIC_SOURCE[method], BASE)}
     return {"data": data_file("test", BASE if method == "data_bicubic" else res)}
 
 
 def evaluation_parameters(wildcards):
-    method, res, ev = wildcards.method, int(wildcards.res), config["evaluate"]
-    base = BICUBIC_SOURCE.get(method)
+    ev = config["evaluate"]
     return notebook_parameters(
-        method=method,
-        resolution=res,
+        evaluations=[[wildcards.method, int(wildcards.res)]],
         resolutions=RESOLUTIONS,
-        reference_path=reference_path(res),
-        judge_path=judge_path(res),
-        out_path=record_path(method, res),
-        samples_path=samples_path(method, res),
+        eval_dir=f"{R}/eval",
+        judges_dir=f"{R}/judge",
+        decoder_dir=f"{R}/decoder",
+        teacher_path=TEACHER,
         data_dir=f"{R}/data",
-        teacher_path=TEACHER if method == "teacher_ode" else None,
-        decoder_path=decoder_path(res) if method == "pagoda" else None,
-        base_samples_path=samples_path(base, BASE) if base else None,
         n_samples=ev["n_samples"],
         num_points=ev["num_points"],
         feature_size=ev["feature_size"],

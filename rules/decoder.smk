@@ -1,8 +1,8 @@
 rule train_decoder:
-    """Train the one-step decoder at one resolution: Stage 2 at the base, a growth stage above (notebook 04)."""
+    """Train the one-step decoder at the teacher's resolution from the teacher: Stage 2 (notebook 04_decoder)."""
     input:
         notebook="notebooks/04_decoder.ipynb",
-        init=lambda wildcards: decoder_init(wildcards.res),
+        init=TEACHER,
         latents=LATENTS,
         data=lambda wildcards: data_file("train", wildcards.res),
     output:
@@ -11,7 +11,31 @@ rule train_decoder:
         notebook=f"{R}/notebooks/04_decoder_{{res}}.ipynb",
         stderr=f"{R}/logs/train_decoder_{{res}}.log",
     wildcard_constraints:
-        res="|".join(str(r) for r in RESOLUTIONS),
+        res=str(BASE),
+    params:
+        parameters=lambda wildcards: decoder_parameters(wildcards.res),
+    conda:
+        "../envs/pagoda.yaml"
+    threads: workflow.cores
+    shell:
+        PAPERMILL
+
+
+rule grow_decoder:
+    """Grow the previous resolution's decoder to the next resolution: a growth stage (notebook 04_growth)."""
+    input:
+        notebook="notebooks/04_growth.ipynb",
+        init=lambda wildcards: decoder_init(wildcards.res),
+        base=decoder_path(BASE),
+        latents=LATENTS,
+        data=lambda wildcards: data_file("train", wildcards.res),
+    output:
+        decoder=f"{R}/decoder/{{res}}/decoder.pt",
+    log:
+        notebook=f"{R}/notebooks/04_growth_{{res}}.ipynb",
+        stderr=f"{R}/logs/grow_decoder_{{res}}.log",
+    wildcard_constraints:
+        res="|".join(str(r) for r in RESOLUTIONS[1:]),
     params:
         parameters=lambda wildcards: decoder_parameters(wildcards.res),
     conda:

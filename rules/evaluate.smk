@@ -18,9 +18,9 @@ rule compute_reference:
     params:
         parameters=lambda wildcards: notebook_parameters(
             data_dir=f"{R}/data",
-            resolution=int(wildcards.res),
-            out_path=reference_path(wildcards.res),
-            judge_path=judge_path(wildcards.res),
+            resolutions=[int(wildcards.res)],
+            eval_dir=f"{R}/eval",
+            judges_dir=f"{R}/judge",
             n_images=config["evaluate"]["n_reference"],
             swd_images=config["evaluate"]["swd_images"],
             feature_size=config["evaluate"]["feature_size"],

@@ -13,9 +13,8 @@ rule train_judge:
     params:
         parameters=lambda wildcards: notebook_parameters(
             data_dir=f"{R}/data",
-            resolution=int(wildcards.res),
-            run_dir=f"{R}/judge/{wildcards.res}",
-            out_path=judge_path(wildcards.res),
+            resolutions=[int(wildcards.res)],
+            judges_dir=f"{R}/judge",
             steps=config["judge"]["steps"],
             batch_size=config["judge"]["batch_size"],
             lr=config["judge"]["lr"],

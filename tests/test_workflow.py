@@ -61,8 +61,8 @@ def test_dry_run_schedules_every_stage(tmp_path):
     out = snakemake("-n", "--config", f"results={tmp_path}/res")
     assert out.returncode == 0, out.stderr + out.stdout
     assert job_counts(out.stdout) == {
-        "prepare_data": 1, "train_teacher": 1, "encode_shard": 1, "encode_latents": 1, "train_decoder": 3,
-        "compute_reference": 3, "evaluate_method": 13, "train_judge": 3, "solve_inverse_problems": 1,
+        "prepare_data": 1, "train_teacher": 1, "encode_shard": 1, "encode_latents": 1, "train_decoder": 1,
+        "grow_decoder": 2, "compute_reference": 3, "evaluate_method": 13, "train_judge": 3, "solve_inverse_problems": 1,
         "make_report": 1, "all": 1}
 
 
@@ -72,11 +72,12 @@ def test_paper_scale_dry_run_with_the_slurm_profile():
     assert out.returncode == 0, out.stderr + out.stdout
     jobs = job_counts(out.stdout)
     assert jobs["import_teacher"] == 1 and "train_teacher" not in jobs  # the EDM checkpoint, not a new teacher
-    assert jobs["encode_shard"] == 52 and jobs["train_decoder"] == 4  # parallel shard jobs; 64 -> 512
+    assert jobs["encode_shard"] == 52 and jobs["train_decoder"] == 1 and jobs["grow_decoder"] == 3  # 64 -> 512
     assert "results/imagenet/fid_table.csv" in out.stdout and " results/fid_table.csv" not in out.stdout
-    decoder_job = out.stdout.split("rule train_decoder:")[1].split("rule ")[0]
-    assert "gpu=8" in decoder_job and "slurm_partition=YOUR_GPU_PARTITION" in decoder_job
-    assert '"nproc_per_node": "auto"' in decoder_job and '"backbone_source": "timm"' in decoder_job
+    for rule in ("train_decoder", "grow_decoder"):
+        decoder_job = out.stdout.split(f"rule {rule}:")[1].split("rule ")[0]
+        assert "gpu=8" in decoder_job and "slurm_partition=YOUR_GPU_PARTITION" in decoder_job
+        assert '"nproc_per_node": "auto"' in decoder_job and '"backbone_source": "timm"' in decoder_job
 
 
 def test_schema_and_semantic_checks_stop_snakemake(tmp_path):

@@ -18,15 +18,16 @@ import pathlib
 import time
 
 import numpy as np
-import torch
 
-from . import judge, loop, metrics, swd
+from . import judge, layout, loop, metrics, swd
 from .data import load_dataset, resize_uint8, to_uint8
 from .judge import load_judge
 from .sampling import class_labels, load_sampler, seeds_for
 
 METHODS = ("data_test", "teacher_ode", "teacher_ode_bicubic", "pagoda", "stage2_bicubic", "data_bicubic")
 EVAL_SEED_OFFSET = 1000  # evaluation noise never overlaps the seeds used in training
+# The generator behind each *_bicubic row, whose base-resolution samples it upsamples.
+BICUBIC_SOURCE = {"teacher_ode_bicubic": "teacher_ode", "stage2_bicubic": "pagoda"}
 
 
 def applies(method, resolution, resolutions):
@@ -201,6 +202,20 @@ def evaluate(method, resolution, *, resolutions, reference_path, judge_path, out
               "feature_size": feature_size}
     loop.atomic_write_json(record, out_path)
     return record
+
+
+def evaluate_row(method, resolution, *, eval_dir, judges_dir, decoder_dir, teacher_path, resolutions, **kwargs):
+    """`evaluate` with every path taken from the results layout (`pagoda.layout`), as the workflow names them."""
+    source = BICUBIC_SOURCE.get(method)
+    return evaluate(method, resolution, resolutions=resolutions,
+                    reference_path=layout.reference_path(eval_dir, resolution),
+                    judge_path=layout.judge_path(judges_dir, resolution),
+                    out_path=layout.record_path(eval_dir, method, resolution),
+                    samples_path=layout.samples_path(eval_dir, method, resolution),
+                    teacher_path=teacher_path if method == "teacher_ode" else None,
+                    decoder_path=layout.decoder_path(decoder_dir, resolution) if method == "pagoda" else None,
+                    base_samples_path=layout.samples_path(eval_dir, source, resolutions[0]) if source else None,
+                    **kwargs)
 
 
 def read_records(paths):

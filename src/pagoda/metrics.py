@@ -14,6 +14,8 @@ The EfficientNet space is the one the decoder's loss and discriminator train aga
 rest on the judge networks (`pagoda.judge`) and the pixel-space SWD (`pagoda.swd`).
 """
 
+import contextlib
+import io
 import pathlib
 
 import numpy as np
@@ -102,7 +104,8 @@ def kernel_distance(features_a, features_b, *, num_subsets=100, max_subset_size=
 def precision_recall(real_features, fake_features, k=3):
     """Improved precision/recall (Kynkaanniemi et al. 2019) with density and coverage, via `prdc`."""
     import prdc
-    out = prdc.compute_prdc(real_features=real_features, fake_features=fake_features, nearest_k=k)
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes on every call
+        out = prdc.compute_prdc(real_features=real_features, fake_features=fake_features, nearest_k=k)
     return {key: float(v) for key, v in out.items()}
 
 

@@ -9,6 +9,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from .evaluate import load_samples
+
 
 def _to_hwc(images):
     """(N, C, H, W) uint8 array or [-1, 1] float tensor -> (N, H, W, C) floats in [0, 1]."""
@@ -158,3 +160,78 @@ def curves(named, *, xlabel="step", ylabel="", logy=False):
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------
+# The report's figures.
+
+METRIC_TITLES = {"fd_judge": "FD, judge features", "swd": "SWD x1e3, pixels (mean of levels)",
+                 "swd_finest": "SWD x1e3, pixels (finest level)", "fd_effnet": "FD, EfficientNet (training space)",
+                 "fid_inception": "FID (Inception)", "recall_judge": "recall, judge features",
+                 "recall": "recall, EfficientNet (training space)", "precision_judge": "precision, judge features",
+                 "kid_judge": "KID, judge features"}
+
+
+def plot_metrics_vs_resolution(table, metrics, *, logy=True):
+    """One panel per metric: every method against resolution (lower is better for distances)."""
+    metrics = [m for m in metrics if table[m].notna().any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        df = table.dropna(subset=[metric])
+        sns.lineplot(data=df, x="resolution", y=metric, hue="method", style="method", markers=True, dashes=False,
+                     ax=ax, legend=ax is axes[0, -1])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(df.resolution.unique()))
+        ax.set_xticklabels(sorted(df.resolution.unique()))
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(METRIC_TITLES.get(metric, metric), fontsize=9)
+    axes[0, -1].legend(fontsize=7, frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_speed_quality(table, resolution, metric="fd_judge"):
+    df = table[(table.resolution == resolution) & table.images_per_sec.notna()]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    sns.scatterplot(data=df, x="images_per_sec", y=metric, hue="method", s=70, ax=ax)
+    floor = table[(table.method == "data_test") & (table.resolution == resolution)][metric]
+    if len(floor):
+        ax.axhline(float(floor.iloc[0]), color="k", ls=":", lw=1, label="data_test (floor)")
+    for _, row in df.iterrows():
+        ax.annotate(f"{int(row.nfe)} NFE", (row.images_per_sec, row[metric]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_title(f"speed vs quality at {resolution}x{resolution} ({df.device.iloc[0] if len(df) else ''})", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sample_grid(samples_dir, resolution, *, methods=("pagoda", "teacher_ode_bicubic"), per_class=4,
+                     class_names=None):
+    """Methods side by side for the same classes (the evaluation cycles labels, so index i has class i % K)."""
+    samples_dir = pathlib.Path(samples_dir)
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.4 * len(methods) * max(1, resolution / 16) ** 0.5 + 1.2,
+                                                        4.2 * max(1, resolution / 16) ** 0.5), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        path = samples_dir / f"{m}_{resolution}.npz"
+        if not path.exists():
+            ax.set_visible(False)
+            continue
+        s = load_samples(path)
+        labels = np.asarray(s["labels"])
+        k = int(labels.max()) + 1
+        idx = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(k)])
+        image_grid(torch.as_tensor(s["images"][idx]), nrow=k, ax=ax, title=m,
+                   row_labels=[str(c) for c in (class_names or range(k))] if ax is axes[0, 0] else None)
+    fig.suptitle(f"{resolution}x{resolution}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path

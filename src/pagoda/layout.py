@@ -1,0 +1,21 @@
+"""Where the stages write under a results folder: one naming shared by the workflow's rules and the notebooks."""
+
+
+def decoder_path(decoder_dir, resolution):
+    return f"{decoder_dir}/{resolution}/decoder.pt"
+
+
+def judge_path(judges_dir, resolution):
+    return f"{judges_dir}/{resolution}/judge.pt"
+
+
+def reference_path(eval_dir, resolution):
+    return f"{eval_dir}/reference_{resolution}.npz"
+
+
+def record_path(eval_dir, method, resolution):
+    return f"{eval_dir}/{method}_{resolution}.json"
+
+
+def samples_path(eval_dir, method, resolution):
+    return f"{eval_dir}/samples/{method}_{resolution}.npz"
