@@ -96,7 +96,7 @@ def test_g_step_moves_only_g_and_d_step_only_d(tiny_teacher, tiny_data, latents)
     heads, backbone, G = task.D.heads, task.D.backbones, task.G
     frozen_state = {k: v.clone() for k, v in backbone.state_dict().items()}  # weights and BN statistics
     p_heads, p_g = params_of(heads), params_of(G)
-    m = task.g_step(0, loop.step_generator(0, 0))
+    task.g_step(0, loop.step_generator(0, 0))
     assert moved(p_g, G) and not moved(p_heads, heads)  # (lambda's value: test_training_step.py)
     p_heads, p_g = params_of(heads), params_of(G)
     task.d_step(0, loop.step_generator(0, 0))

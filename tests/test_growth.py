@@ -1,6 +1,5 @@
 """Stage 3: growing the decoder: exact start, freezing, resumption, shapes, placement."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from pagoda.checkpoints import load_network, save_network
-from pagoda.networks import UNet, UNetConfig, grow, num_params
+from pagoda.growth import grow
+from pagoda.networks import UNet, UNetConfig, num_params
 
 SMALL = UNetConfig(img_resolution=8, in_channels=1, out_channels=1, model_channels=16, channel_mult=(1, 2),
                    num_res_blocks=1, num_classes=10, norm_groups=8)

@@ -3,7 +3,7 @@
 G(z, y) = F(c_in(sigma_max) z, c_noise(sigma_max), y): the teacher's network evaluated once at
 sigma_max, its raw output taken as the image (METHOD.md, "Stage 2"). At the base resolution G starts
 from the teacher's EMA weights; each growth stage (Stage 3) starts from the previous stage's decoder
-grown by `networks.grow`, with most of the old network frozen, and reconstructs the real
+grown by `growth.grow`, with most of the old network frozen, and reconstructs the real
 high-resolution image from the *same* low-resolution latent.
 """
 
@@ -19,7 +19,8 @@ from .discriminator import ProjectedDiscriminator
 from .encode import list_shards, load_latents
 from .features import feature_networks
 from .losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
-from .networks import UNet, grow, num_params
+from .growth import grow
+from .networks import UNet, num_params
 
 OBJECTIVES = ("reconstruction", "distillation", "both")
 WEIGHTINGS = ("adaptive", "separate")
