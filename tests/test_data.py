@@ -1,6 +1,11 @@
 """Data: Fashion-MNIST discovery and parsing, the one resampling operator, image folders, the data stage."""
 
+import gzip
+import json
 import pathlib
+import shutil
+import struct
+import sys
 
 import numpy as np
 import pytest
@@ -19,13 +24,20 @@ def test_idx_parsing_and_padding(tiny_fmnist):
     assert labels.tolist() == [i % 10 for i in range(40)]
 
 
-def test_missing_data_error_names_all_three_ways(tmp_path, monkeypatch):
-    import torchvision.datasets
+def fake_download(monkeypatch, cls):
+    """Stand in `cls` for torchvision's FashionMNIST (no network, and no 10 s torchvision import)."""
+    import types
+    datasets = types.ModuleType("torchvision.datasets")
+    datasets.FashionMNIST = cls
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
 
+
+def test_missing_data_error_names_all_three_ways(tmp_path, monkeypatch):
     class Offline:
         def __init__(self, *a, **k):
             raise RuntimeError("no network")
-    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    fake_download(monkeypatch, Offline)
     with pytest.raises(data.DataNotFoundError) as e:
         data.locate_fashion_mnist(tmp_path / "nothing", download_dir=tmp_path / "dl",
                                   debian_dir=tmp_path / "no-debian")
@@ -40,16 +52,13 @@ def test_locate_prefers_the_configured_folder(tiny_fmnist):
 def test_data_sources_are_tried_in_order(tiny_fmnist, tmp_path, monkeypatch):
     """The config's folder, then the Debian package, then torchvision's download: each only when the ones
     before it have nothing."""
-    import shutil
-
-    import torchvision.datasets
     downloads = []
 
     class FakeDownload:  # writes the IDX files where torchvision would
         def __init__(self, root, train, download):
             downloads.append(train)
             shutil.copytree(tiny_fmnist, pathlib.Path(root) / "FashionMNIST" / "raw", dirs_exist_ok=True)
-    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeDownload)
+    fake_download(monkeypatch, FakeDownload)
     debian = tmp_path / "debian"
     shutil.copytree(tiny_fmnist, debian)
     dl = tmp_path / "dl"
@@ -223,3 +232,248 @@ def test_imagenet_source_streams_adm_preprocessing_at_each_resolution(imagenet_t
     assert len(decoded) > 0
     table = data.describe_dataset(out, [8, 16])
     assert table["images"].tolist() == [4, 4, 4, 4]
+
+
+# ----------------------------------------------------------------------------
+# Exact values on small hand-made inputs.
+
+def test_to_model_and_to_uint8_map_0_255_to_minus_one_one():
+    x = data.to_model(np.array([0, 51, 255], dtype=np.uint8))
+    assert x.dtype == torch.float32 and torch.allclose(x, torch.tensor([-1.0, -0.6, 1.0]), atol=1e-7)
+    # Out-of-range values clip to 0 / 255; (x + 1) * 127.5 is rounded to nearest (0 -> 127.5 -> 128, half to even).
+    u = data.to_uint8(torch.tensor([-3.0, -1.0, -0.6, 0.0, 10.7 / 127.5 - 1, 1.0, 2.5]))
+    assert u.dtype == torch.uint8 and u.tolist() == [0, 0, 51, 128, 11, 255, 255]
+
+
+def test_resize_resamples_non_square_inputs_and_keeps_square_ones():
+    x = torch.rand(1, 2, 8, 16)
+    assert data.resize(x, 8).shape == (1, 2, 8, 8) and data.resize(x.transpose(2, 3), 8).shape == (1, 2, 8, 8)
+    same = torch.rand(1, 3, 8, 8)  # channels != size: only the spatial sizes decide
+    assert data.resize(same, 8) is same
+
+
+def test_resize_uint8_saturates_bicubic_overshoot():
+    # Upsampling a black/white step overshoots on both sides of the edge (Keys kernel); the uint8 result must
+    # clip to [0, 255], so every row stays monotone from 0 to 255 (a wrap-around would break monotonicity).
+    step = np.zeros((1, 1, 8, 8), dtype=np.uint8)
+    step[..., 4:] = 255
+    up = data.resize_uint8(step, 16)
+    assert up.dtype == np.uint8 and up.shape == (1, 1, 16, 16)
+    rows = up[0, 0].astype(int)
+    assert (np.diff(rows, axis=1) >= 0).all()
+    assert (rows[:, 0] == 0).all() and (rows[:, -1] == 255).all()
+    # The overshoot really is there before clipping, so the test exercises the clip.
+    raw = data.resize(torch.from_numpy(step).float(), 16)
+    assert raw.max() > 255.5 and raw.min() < -0.5
+
+
+def test_check_resolutions_accepts_every_power_of_two_divisor_and_explains_rejections():
+    data.check_resolutions([1, 2, 4], 4)  # 1 = 4 / 2^2 is allowed
+    with pytest.raises(ValueError, match=r"^resolutions \[12\] do not divide the data size 32: every resolution "
+                                         r"must be data_size / 2\^k \(e.g. \[8, 16, 32\]\)$"):
+        data.check_resolutions([8, 12], 32)
+    with pytest.raises(ValueError, match=r"^resolutions \[6, 12\] are not powers of two$"):
+        data.check_resolutions([6, 12], 24)
+
+
+def test_examples_per_class_takes_the_first_of_each_class_in_class_order():
+    labels = [2, 0, 1, 0, 2, 2, 1, 0]
+    assert data.examples_per_class(labels, 2, 3).tolist() == [1, 3, 2, 6, 0, 4]
+    assert data.examples_per_class(np.array(labels), 1, 2).tolist() == [1, 2]
+
+
+# ----------------------------------------------------------------------------
+# IDX files and Fashion-MNIST discovery.
+
+def write_raw_idx(path, array, *, magic=0, dtype_code=0x08):
+    """An uncompressed IDX file, optionally with a wrong magic number or element type."""
+    header = struct.pack(">HBB", magic, dtype_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_read_idx_reads_uncompressed_files_and_rejects_other_types(tmp_path):
+    a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_raw_idx(tmp_path / "a-idx3-ubyte", a)
+    assert np.array_equal(data.read_idx(tmp_path / "a-idx3-ubyte"), a)
+    write_raw_idx(tmp_path / "v-idx1-ubyte", np.array([7, 9, 200]))
+    assert data.read_idx(str(tmp_path / "v-idx1-ubyte")).tolist() == [7, 9, 200]
+    for name, kw in (("float", dict(dtype_code=0x0D)), ("magic", dict(magic=1))):
+        write_raw_idx(tmp_path / name, a, **kw)
+        with pytest.raises(ValueError, match=f"^{tmp_path / name} is not an unsigned-byte IDX file$"):
+            data.read_idx(tmp_path / name)
+
+
+def copy_idx_folder(src, dst, *, gunzip=False):
+    """The tiny IDX files under dst, gzipped as they are or (gunzip) uncompressed."""
+    dst.mkdir(parents=True)
+    for p in src.iterdir():
+        if gunzip:
+            (dst / p.name.removesuffix(".gz")).write_bytes(gzip.decompress(p.read_bytes()))
+        else:
+            shutil.copy(p, dst / p.name)
+    return dst
+
+
+def test_fashion_mnist_is_found_uncompressed_and_in_the_usual_subfolders(tiny_fmnist, tmp_path):
+    plain = copy_idx_folder(tiny_fmnist, tmp_path / "plain", gunzip=True)
+    assert data.locate_fashion_mnist(plain, debian_dir=tmp_path / "none") == plain
+    images, labels = data.load_fashion_mnist(plain, "test")
+    gz_images, _ = data.load_fashion_mnist(tiny_fmnist, "test")
+    assert np.array_equal(images, gz_images)
+    assert labels.dtype == np.int64 and labels.tolist() == [i % 10 for i in range(20)]
+    for sub in ("FashionMNIST/raw", "fashion-mnist"):  # torchvision's layout and the Debian package's name
+        root = tmp_path / sub.replace("/", "_")
+        copy_idx_folder(tiny_fmnist, root / sub)
+        assert data.locate_fashion_mnist(str(root), debian_dir=tmp_path / "none") == root / sub
+
+
+def test_fashion_mnist_with_mismatched_labels_is_rejected(tiny_fmnist, tmp_path):
+    folder = copy_idx_folder(tiny_fmnist, tmp_path / "f")
+    img, lbl = data.FASHION_MNIST_FILES["train"]
+    write_raw_idx(folder / img, np.zeros((5, 28, 28)))
+    (folder / (img + ".gz")).unlink()
+    (folder / (lbl + ".gz")).unlink()
+    write_raw_idx(folder / lbl, np.arange(4))
+    with pytest.raises(ValueError, match="^train: 5 images but 4 labels$"):
+        data.load_fashion_mnist(folder, "train")
+
+
+def test_missing_data_error_lists_each_way_exactly(tmp_path, monkeypatch):
+    """The error is the user's guide to providing the data: every line of it, for each situation."""
+    calls = []
+
+    class Download:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            if fail:
+                raise RuntimeError("no network")
+    fake_download(monkeypatch, Download)
+    head = "Fashion-MNIST was not found. Tried, in order:\n"
+    tail = "\nProvide it in any of these three ways and run again."
+    debian = tmp_path / "no-debian"
+    line2 = f"  2. the Debian package dataset-fashion-mnist ({debian}): not installed " \
+            "(sudo apt-get install dataset-fashion-mnist)"
+    root, dl = str(tmp_path / "nothing"), tmp_path / "dl"
+    for fail, line3 in ((True, f"  3. torchvision's download into {dl}: failed (RuntimeError: no network)"),
+                        (False, f"  3. torchvision's download into {dl}: finished without the IDX files")):
+        with pytest.raises(data.DataNotFoundError) as e:
+            data.locate_fashion_mnist(root, download_dir=dl, debian_dir=debian)
+        line1 = f"  1. the folder named in the config (data.root = '{root}'): no IDX files there"
+        assert str(e.value) == head + "\n".join([line1, line2, line3]) + tail
+    # Both splits are asked for, train first, each time (the first failure stops the attempt).
+    assert calls == [(str(dl), True, True), (str(dl), True, True), (str(dl), False, True)]
+    with pytest.raises(data.DataNotFoundError) as e:
+        data.locate_fashion_mnist(None, debian_dir=debian)
+    assert str(e.value) == head + "\n".join([
+        "  1. a folder named in the config (data.root): not set", line2,
+        "  3. torchvision's download: not attempted (no download folder given)"]) + tail
+
+
+# ----------------------------------------------------------------------------
+# Image folders.
+
+def test_center_crop_halves_with_box_while_the_short_side_is_at_least_twice_r():
+    # 48x32 made of 2x2 blocks: the short side is exactly 2R for R = 16, so ADM BOX-halves it to 24x16 (the block
+    # values, exactly), needs no bicubic step (scale 1) and crops the centre 16 columns (offset 4).
+    blocks = np.random.default_rng(0).integers(0, 256, (16, 24)).astype(np.uint8)
+    img = Image.fromarray(np.kron(blocks, np.ones((2, 2), dtype=np.uint8)))
+    assert img.size == (48, 32)
+    assert np.array_equal(data.center_crop_arr(img, 16), blocks[:, 4:20])
+
+
+def test_image_folder_without_images_is_rejected(tmp_path):
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "readme.txt").write_text("no images here")
+    with pytest.raises(data.DataNotFoundError,
+                       match=rf"^no images \(\.png, \.jpg, \.jpeg, \.gif, \.bmp, \.webp\) under {tmp_path}$"):
+        data.list_image_folder(tmp_path)
+
+
+def test_image_folder_dataset_defaults_to_grey_and_describes_every_split(image_tree, tmp_path):
+    (image_tree / "zzz").mkdir()  # a class without images: it still counts, with 0 examples
+    out = tmp_path / "a" / "b"  # parent folders are created, and a second build overwrites the first
+    for _ in range(2):
+        data.build_dataset(out, resolutions=[8, 16], source="image_folder", root=image_tree, test_root=image_tree,
+                           max_images=4)
+    rows = []
+    for split in ("train", "test"):
+        for r in (8, 16):
+            x, y, classes = data.load_dataset(out, split, r)
+            assert x.shape == (4, 1, r, r) and classes == ("ant", "zebra", "zzz") and y.tolist() == [0, 0, 0, 1]
+            rows.append({"split": split, "resolution": r, "images": 4, "shape": f"1x{r}x{r}", "min": int(x.min()),
+                         "max": int(x.max()), "mean": round(float(x.mean()), 2), "classes": 3, "per class": "0-3"})
+    table = data.describe_dataset(out, [8, 16])
+    assert table.to_dict("records") == rows
+    with pytest.raises(ValueError, match=r"^unknown data source 'foo' \(fashion_mnist, image_folder or imagenet\)$"):
+        data.build_dataset(out, resolutions=[8], source="foo")
+
+
+def test_build_dataset_passes_root_and_download_folder_to_the_search(tiny_fmnist, tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(data, "locate_fashion_mnist", lambda *a, **k: asked.append((a, k)) or tiny_fmnist)
+    data.build_dataset(tmp_path / "out", resolutions=[32], root="cfg-root", download_dir="dl")
+    assert asked == [(("cfg-root",), {"download_dir": "dl"})]
+
+
+def test_dataset_path_prefers_arrays_over_a_stream_description(tmp_path):
+    npz, stream = tmp_path / "train_8.npz", tmp_path / "train_8.json"
+    assert data.dataset_path(tmp_path, "train", 8) == npz  # neither: the arrays' name, for the error message
+    stream.write_text("{}")
+    assert data.dataset_path(tmp_path, "train", 8) == stream
+    npz.write_bytes(b"")
+    assert data.dataset_path(tmp_path, "train", 8) == npz
+
+
+# ----------------------------------------------------------------------------
+# Streams.
+
+def test_stream_index_and_description_on_disk(imagenet_tree, tmp_path):
+    (tmp_path / "idx").mkdir()
+    path = data.write_stream_index(tmp_path / "idx", "val", imagenet_tree)
+    assert path == tmp_path / "idx" / "val_index.json"
+    assert [p.name for p in (tmp_path / "idx").iterdir()] == ["val_index.json"]  # no temporary file left
+    assert json.loads(path.read_text()) == {
+        "root": str(imagenet_tree.resolve()), "channels": 3,
+        "classes": ["n01440764", "n01443537", "n01484850"], "labels": [0, 0, 1, 2],
+        "files": ["n01440764/n01440764_0.JPEG", "n01440764/n01440764_1.JPEG", "n01443537/n01443537_0.JPEG",
+                  "n01484850/n01484850_0.JPEG"]}
+    out = tmp_path / "data"
+    data.build_dataset(out, resolutions=[8], source="imagenet", root=imagenet_tree, test_root=imagenet_tree,
+                       channels=1, workers=3)
+    assert json.loads((out / "test_8.json").read_text()) == {"index": "test_index.json", "resolution": 8, "workers": 3}
+    stream, labels, _ = data.load_dataset(out, "test", 8)
+    assert stream.workers == 3 and stream.shape == (4, 1, 8, 8) and stream[0].shape == (1, 8, 8)
+    assert labels.dtype == np.int64
+
+
+def test_streamed_images_index_like_arrays(imagenet_tree):
+    paths, _, _ = data.list_image_folder(imagenet_tree)
+    stream = data.StreamedImages(imagenet_tree, [p.relative_to(imagenet_tree) for p in paths], 8)
+    one = [data.load_image(p, 8) for p in paths]
+    assert stream.shape == (4, 3, 8, 8) and one[2].shape == (3, 8, 8)  # RGB by default
+    for idx in (2, np.int64(2), torch.tensor(2)):  # a single index gives one image
+        assert np.array_equal(stream[idx], one[2])
+    assert np.array_equal(stream[[2]], one[2][None])  # a one-element index gives a batch of one
+    for empty in ([], slice(2, 2), torch.tensor([], dtype=torch.long)):
+        batch = stream[empty]
+        assert batch.shape == (0, 3, 8, 8) and batch.dtype == np.uint8
+    assert np.array_equal(data.StreamedImages(imagenet_tree, stream.files, 8, workers=0)[::2], np.stack(one[::2]))
+    # An index of any shape gives one flat batch, in order.
+    assert np.array_equal(stream[np.array([[3, 0], [1, 1]])], np.stack([one[3], one[0], one[1], one[1]]))
+    arr = np.zeros((2, 1, 4, 4), dtype=np.uint8)
+    assert data.as_images(stream) is stream and isinstance(data.as_images(arr), torch.Tensor)
+    assert torch.equal(data.as_images(arr), torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+
+
+def test_describe_streamed_dataset_uses_an_evenly_spaced_sample_of_256(tmp_path):
+    """Over 256 images, the value statistics come from 256 images spaced evenly from the first to the last."""
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    values = (np.arange(300) * 7 % 256).astype(np.uint8)  # image i is uniform grey values[i]
+    for i, v in enumerate(values):
+        Image.fromarray(np.full((4, 4), v, dtype=np.uint8)).save(root / "a" / f"{i:03d}.png")
+    data.build_dataset(tmp_path / "out", resolutions=[4], source="imagenet", root=root, test_root=root, channels=1)
+    row = data.describe_dataset(tmp_path / "out", [4], splits=("test",)).iloc[0]
+    sample = values[[int(i * 299 / 255) for i in range(256)]]  # i * (N - 1) / 255, rounded down
+    assert row["images"] == 300 and row["shape"] == "1x4x4" and row["per class"] == "300-300"
+    assert row["mean"] == round(float(sample.mean()), 2) and row["min"] == sample.min() and row["max"] == sample.max()

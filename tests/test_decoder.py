@@ -1,16 +1,20 @@
 """Stage 2: the encoder's shards, the one-step generator's initialisation, G/D steps, the sampling API."""
 
+import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_task
+from conftest import TINY_NET, make_task
 
 from pagoda import decoder, edm, encode, loop, sampling
-from pagoda.checkpoints import load_network
+from pagoda.checkpoints import load_network, save_network
 from pagoda.data import load_dataset
+from pagoda.growth import grow
+from pagoda.networks import GrowthLevel, UNet
 
 
 def test_encoding_plan_pairs_images_with_their_flips():
@@ -133,6 +137,13 @@ def test_train_decoder_and_the_common_sampling_api(tiny_teacher, tiny_data, late
                                     batch_size=8, feature_size=32, checkpoint_every=2, device="cpu",
                                     progress=False)
     assert summary["steps"] == 3 and summary["latent_pairs"] == 24
+    import json
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())  # the defaults: the paper's Stage 2
+    assert {k: run_json[k] for k in ("lr_g", "lr_d", "gan_weight", "weighting", "ema_decay", "distance", "objective",
+                                     "d_feature_size", "trainable_output_blocks", "sigma_max", "seed")} == {
+        "lr_g": 1e-4, "lr_d": 2e-3, "gan_weight": 0.2, "weighting": "adaptive", "ema_decay": 0.999,
+        "distance": "feature", "objective": "reconstruction", "d_feature_size": None, "trainable_output_blocks": None,
+        "sigma_max": 80.0, "seed": 0}
     labels = torch.tensor([0, 1, 2, 3, 4])
     for path, nfe in ((tmp_path / "G.pt", 1), (tiny_teacher, 11)):
         sample, meta = sampling.load_sampler(path, num_points=6, batch_size=2)
@@ -141,3 +152,312 @@ def test_train_decoder_and_the_common_sampling_api(tiny_teacher, tiny_data, late
         again, _ = sample(labels, sampling.seeds_for(5, 0))
         assert torch.equal(x, again)  # seeded per image
     assert meta["kind"] == "teacher"
+
+
+# ----------------------------------------------------------------------------
+# The decoder's parts on known inputs.
+
+def test_generate_preconditions_z_at_the_given_sigma_max_and_sigma_data():
+    seen = []
+
+    def net(x, c_noise, labels):
+        seen.append((x, c_noise, labels))
+        return x
+    z, y = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.tensor([1, 2, 3])
+    out = decoder.generate(net, z, y, sigma_max=5.0, sigma_data=2.0)
+    ((x, c_noise, labels),) = seen
+    torch.testing.assert_close(x, z / math.sqrt(5.0 ** 2 + 2.0 ** 2))  # c_in = 1 / sqrt(sigma^2 + sigma_data^2)
+    assert c_noise.dtype == torch.float64 and c_noise.shape == (3,)
+    torch.testing.assert_close(c_noise, torch.full((3,), math.log(5.0) / 4, dtype=torch.float64))  # EDM: ln(sigma) / 4
+    assert labels is y and out is x
+
+
+def test_paper_policy_trains_2_num_res_blocks_plus_1_output_blocks():
+    # ADM-64 (3 ResBlocks per level): output_blocks[9:] of 16, i.e. 7; 2 per level: 5.
+    assert [decoder.paper_trainable_output_blocks(SimpleNamespace(num_res_blocks=n)) for n in (3, 2)] == [7, 5]
+
+
+def trainable_blocks(net):
+    """The trainable top-level parts: 'output_blocks.i', 'out', 'growth_heads.j', ..."""
+    names = {n for n, p in net.named_parameters() if p.requires_grad}
+    return {".".join(n.split(".")[:2]) if n.startswith(("output_blocks.", "growth_heads.")) else n.split(".")[0]
+            for n in names}
+
+
+def test_freeze_for_growth_trains_the_last_k_base_blocks_the_new_blocks_and_the_heads():
+    grown = grow(UNet(TINY_NET), factor=2, channels=8, num_res_blocks=1)
+    nb = grown.num_base_output_blocks
+    assert nb == 4 and len(grown.output_blocks) == 6
+    heads = {"out", "growth_heads.0"}
+    decoder.freeze_for_growth(grown)  # the paper's rule: 2 * 1 + 1 = 3 base blocks
+    assert trainable_blocks(grown) == {f"output_blocks.{i}" for i in range(1, 6)} | heads
+    assert decoder.freeze_for_growth(grown, 0) is grown
+    assert trainable_blocks(grown) == {"output_blocks.4", "output_blocks.5"} | heads
+    decoder.freeze_for_growth(grown, nb)
+    assert trainable_blocks(grown) == {f"output_blocks.{i}" for i in range(6)} | heads
+    for k in (-1, nb + 1):
+        with pytest.raises(ValueError, match=rf"^trainable_output_blocks must be in \[0, 4\], got {k}$"):
+            decoder.freeze_for_growth(grown, k)
+
+
+def test_init_decoder_starts_from_the_ema_weights_fully_trainable_in_training_mode(tmp_path):
+    torch.manual_seed(1)
+    net, ema = UNet(TINY_NET), UNet(TINY_NET)
+    save_network(tmp_path / "t.pt", net, kind="teacher", ema=ema)
+    G = decoder.init_decoder(tmp_path / "t.pt", resolution=8)
+    assert all(torch.equal(v, ema.state_dict()[k]) for k, v in G.state_dict().items())
+    assert not all(torch.equal(v, net.state_dict()[k]) for k, v in G.state_dict().items())
+    assert all(p.requires_grad for p in G.parameters()) and all(m.training for m in G.modules())
+    grown = decoder.init_decoder(tmp_path / "t.pt", resolution=16)
+    assert all(m.training for m in grown.modules())
+    assert all(torch.equal(v, grown.state_dict()[k]) for k, v in ema.state_dict().items())  # grown from the EMA
+    with pytest.raises(ValueError, match="^cannot grow 8 -> 12: not an integer factor$"):
+        decoder.init_decoder(tmp_path / "t.pt", resolution=12)
+    for kw in ({"resolution": 8}, {"resolution": 16, "growth_head": "shared", "channels": 16}):
+        on_meta = decoder.init_decoder(tmp_path / "t.pt", device="meta", **kw)
+        assert all(p.device.type == "meta" for p in on_meta.parameters())
+
+
+def test_init_decoder_passes_growth_options_and_chooses_the_head_style_once(tiny_teacher, tmp_path):
+    teacher, _ = load_network(tiny_teacher)
+    g16 = decoder.init_decoder(tiny_teacher, resolution=16, channels=16, num_res_blocks=1, trainable_output_blocks=1,
+                               growth_head="shared")
+    assert g16.config.growth == (GrowthLevel(16, 1),) and g16.config.growth_head == "shared"
+    assert len(g16.growth_heads) == 0  # the shared head: no per-level image heads
+    assert trainable_blocks(g16) == {"output_blocks.3", "output_blocks.4", "output_blocks.5", "out"}
+    assert all(torch.equal(v, g16.state_dict()[k]) for k, v in teacher.state_dict().items())
+    save_network(tmp_path / "16.pt", g16, kind="decoder")
+    g32 = decoder.init_decoder(tmp_path / "16.pt", resolution=32, growth_head="residual")  # too late to change
+    assert g32.config.growth_head == "shared" and g32.config.growth == (GrowthLevel(16, 1), GrowthLevel(16, 2))
+
+
+def test_flip_where_mirrors_only_the_flagged_images_left_to_right():
+    x = torch.arange(2 * 2 * 3 * 4.0).view(2, 2, 3, 4)
+    out = decoder._flip_where(x, torch.tensor([True, False]))
+    assert torch.equal(out[0], x[0, :, :, [3, 2, 1, 0]]) and torch.equal(out[1], x[1])
+
+
+def test_slice_params_slices_per_sample_tensors_and_keeps_scalars():
+    params = {"a": torch.arange(6), "size": 3, "b": torch.arange(12).view(6, 2)}
+    out = decoder._slice_params(params, slice(2, 5))
+    assert out.keys() == params.keys() and out["size"] == 3
+    assert torch.equal(out["a"], torch.tensor([2, 3, 4])) and torch.equal(out["b"], params["b"][2:5])
+
+
+def test_placement_error_is_half_the_mean_absolute_difference_at_the_base_resolution():
+    # Flat images: resizing keeps them, so the error is |high - base| averaged over pixels and channels, / 2.
+    high = torch.tensor([[0.5, -0.2], [1.0, 0.3]]).view(2, 2, 1, 1).expand(2, 2, 16, 16)
+    base = torch.tensor([[0.1, 0.0], [0.0, 0.3]]).view(2, 2, 1, 1).expand(2, 2, 8, 8)
+    err = decoder.placement_error(high, base)
+    assert err.shape == (2,)
+    torch.testing.assert_close(err, torch.tensor([(0.4 + 0.2) / 2 / 2, (1.0 + 0.0) / 2 / 2]))
+
+
+# ----------------------------------------------------------------------------
+# One tiny Stage-3 run (teacher 8 px -> 16 px, 2 steps) with non-default settings, recording how
+# train_decoder builds its pieces; many checks share it.
+
+@pytest.fixture(scope="module")
+def grown_run(tiny_teacher, tiny_data, latents, tmp_path_factory):
+    import contextlib
+    import copy
+    import io
+    out = tmp_path_factory.mktemp("grown_run")
+    kw = dict(data_dir=tiny_data, latents_dir=latents, init_path=tiny_teacher, run_dir=out / "run",
+              out_path=out / "G.pt", resolution=16, steps=2, batch_size=4, lr_g=3e-4, lr_d=1e-3, gan_weight=0.5,
+              weighting="separate", ema_decay=0.9, distance="feature", objective="both", feature_size=32,
+              d_feature_size=64, backbones=("efficientnet_lite0",), backbone_source="offline", growth_channels=16,
+              growth_res_blocks=1, trainable_output_blocks=2, growth_head="shared", sigma_max=70.0, seed=3,
+              checkpoint_every=1, log_every=2)
+    rec = SimpleNamespace(init=[], features=[], tasks=[], distributed=[])
+    real_init, real_features, real_task = decoder.init_decoder, decoder.feature_networks, decoder.DecoderTask
+    real_distributed = loop.init_distributed
+
+    def init(*args, **kwargs):
+        net = real_init(*args, **kwargs)
+        rec.init.append((args, kwargs, {k: v.clone() for k, v in net.state_dict().items()}))
+        return net
+
+    def features(*args, **kwargs):
+        nets = real_features(*args, **kwargs)
+        rec.features.append((args, kwargs, nets))
+        return nets
+
+    def task(*args, **kwargs):
+        t = real_task(*args, **kwargs)
+        rec.tasks.append((t, copy.deepcopy(t)))  # the live task and its state before the first step
+        return t
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(stderr):
+        mp.setattr(decoder, "init_decoder", init)
+        mp.setattr(decoder, "feature_networks", features)
+        mp.setattr(decoder, "DecoderTask", task)
+        mp.setattr(loop, "init_distributed", lambda device: rec.distributed.append(device) or real_distributed(device))
+        summary = decoder.train_decoder(**kw)  # device and progress bar: the defaults
+    return SimpleNamespace(kw=kw, summary=summary, rec=rec, stderr=stderr.getvalue(), out=out)
+
+
+def grown_config():
+    from dataclasses import replace
+    return replace(TINY_NET, growth=(GrowthLevel(16, 1),), growth_head="shared")
+
+
+def fingerprint(path):
+    st = os.stat(path)
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def check_train_decoder_fingerprints_its_settings_and_inputs_in_run_json(grown_run, tiny_teacher, tiny_data, latents):
+    import json
+    run_json = json.loads((grown_run.out / "run" / "run.json").read_text())
+    kw = grown_run.kw
+    expected = {k: kw[k] for k in ("resolution", "batch_size", "lr_g", "lr_d", "gan_weight", "weighting", "ema_decay",
+                                   "distance", "objective", "feature_size", "d_feature_size",
+                                   "trainable_output_blocks", "sigma_max", "seed")}
+    expected.update({
+        "stage": "decoder", "backbones": ["EfficientNetLite0:efficientnet_lite0"],
+        "network": json.loads(json.dumps(grown_config().to_dict())), "world_size": 1,
+        "init": fingerprint(tiny_teacher), "latents": [fingerprint(p) for p in sorted(latents.glob("shard-*.npz"))],
+        "data": fingerprint(tiny_data / "train_16.npz")})
+    assert len(expected["latents"]) == 3 and run_json == expected
+
+
+def check_train_decoder_summary_is_saved_with_the_grown_decoder(grown_run):
+    import json
+    from pagoda.data import FASHION_MNIST_CLASSES
+    ckpt = torch.load(grown_run.out / "G.pt", weights_only=False)
+    cfg = grown_config()
+    net = UNet(cfg)
+    # Trainable after growth with trainable_output_blocks=2: base output blocks 2, 3, the new 4, 5 and the head.
+    trainable = sum(p.numel() for n, p in net.named_parameters()
+                    if n.startswith(("output_blocks.2.", "output_blocks.3.", "output_blocks.4.", "output_blocks.5.",
+                                     "out.")))
+    timing = json.loads((grown_run.out / "run" / "timing.json").read_text())
+    assert timing["seconds"] > 0
+    assert grown_run.summary == {
+        "resolution": 16, "base_resolution": 8, "steps": 2, "params": sum(p.numel() for p in net.parameters()),
+        "trainable_params": trainable, "latent_pairs": 24, "objective": "both", "distance": "feature",
+        "weighting": "separate", "gan_weight": 0.5, "sigma_max": 70.0, "seconds": timing["seconds"],
+        "device": loop.device_name(loop.resolve_device("auto")), "classes": list(FASHION_MNIST_CLASSES)}
+    assert ckpt["kind"] == "decoder" and ckpt["meta"] == grown_run.summary and ckpt["config"] == cfg.to_dict()
+    assert ckpt["ema"].keys() == ckpt["net"].keys()
+    assert any(not torch.equal(v, ckpt["ema"][k]) for k, v in ckpt["net"].items())  # the EMA, not G twice
+
+
+def check_train_decoder_builds_its_task_from_the_arguments(grown_run, tiny_teacher, tiny_data, latents):
+    rec, device = grown_run.rec, loop.resolve_device("auto")
+    assert rec.distributed == [device]  # the process group (under torchrun) is set up for this device
+    ((args, kwargs, init_state),) = rec.init
+    assert args == (tiny_teacher,) and kwargs == dict(resolution=16, channels=16, num_res_blocks=1,
+                                                      trainable_output_blocks=2, growth_head="shared", device=device)
+    # The new layers' initial weights come from the run's seed.
+    torch.manual_seed(3)
+    expected = decoder.init_decoder(tiny_teacher, **{**kwargs, "device": "cpu"}).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in init_state.items())
+    (a1, k1, dist_nets), (a2, k2, d_nets) = rec.features  # the distance's at 32 px, D's own at 64 px
+    assert a1 == (("efficientnet_lite0",), 32) and a2 == (("efficientnet_lite0",), 64)
+    assert k1 == k2 == {"source": "offline"}
+    ((task, _),) = rec.tasks
+    assert task.distance.kind == "feature" and task.distance.backbones[0] is dist_nets[0]
+    assert task.D.backbones[0] is d_nets[0] and task.D.heads[0].embed.num_embeddings == 10  # class-conditional D
+    assert (task.batch_size, task.gan_weight, task.weighting, task.ema_decay, task.sigma_max, task.objective) == \
+        (4, 0.5, "separate", 0.9, 70.0, "both")
+    assert isinstance(task.device, torch.device) and task.device == device  # the resolved device, not a default
+    assert task.opt_g.param_groups[0]["lr"] == 3e-4 and task.opt_d.param_groups[0]["lr"] == 1e-3
+    images, labels, _ = load_dataset(tiny_data, "train", 16)
+    assert torch.equal(task.targets, torch.as_tensor(images)) and torch.equal(task.train_images, task.targets)
+    assert torch.equal(task.train_labels, torch.as_tensor(labels))
+    for mine, stored in ((task.latents, encode.load_latents(latents)),
+                         (task.pairs, encode.load_latents(latents, prefix="pairs"))):
+        assert mine.keys() == stored.keys() and all(np.array_equal(mine[k].numpy(), stored[k]) for k in stored)
+
+
+def check_train_decoder_steps_with_the_runs_seed_and_logs_and_checkpoints_as_asked(grown_run):
+    import json
+    ((_, initial),) = grown_run.rec.tasks
+    initial.step(0, loop.step_generator(3, 0))  # the first step by hand, with the run's seed
+    run = grown_run.out / "run"
+    assert [p.name for p in loop.checkpoint_paths(run)] == ["step-00000001.pt", "step-00000002.pt"]  # every step
+    first = torch.load(run / "checkpoints" / "step-00000001.pt", weights_only=False)["modules"]
+    for name in ("G", "D"):
+        module = initial.G if name == "G" else initial.D
+        for k, v in first[name].items():
+            torch.testing.assert_close(v, module.state_dict()[k], rtol=1e-5, atol=1e-6)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2]  # log_every=2
+    assert set(rows[0]) == {"step", "rec", "adv", "lambda", "d_loss", "d_real", "d_fake"}
+    assert "decoder 16" in grown_run.stderr and "2/2" in grown_run.stderr  # the default progress bar
+
+
+def test_train_decoder_on_a_tiny_grown_stage(grown_run, tiny_teacher, tiny_data, latents):
+    # One test for the shared run: mutation testing credits a module-scoped fixture's work to the first test only.
+    check_train_decoder_fingerprints_its_settings_and_inputs_in_run_json(grown_run, tiny_teacher, tiny_data, latents)
+    check_train_decoder_summary_is_saved_with_the_grown_decoder(grown_run)
+    check_train_decoder_builds_its_task_from_the_arguments(grown_run, tiny_teacher, tiny_data, latents)
+    check_train_decoder_steps_with_the_runs_seed_and_logs_and_checkpoints_as_asked(grown_run)
+
+def test_reconstructions_pair_real_images_with_g_of_their_latents(grown_run, tiny_teacher, tiny_data, latents,
+                                                                   tmp_path):
+    lat = encode.load_latents(latents)
+    for path, res, sigma in ((grown_run.out / "G.pt", 16, 70.0), (tmp_path / "d.pt", 8, 80.0)):
+        if res == 8:  # a decoder whose meta has no sigma_max: the EDM default
+            save_network(path, load_network(tiny_teacher)[0], kind="decoder")
+        x, x_hat = decoder.reconstructions(path, latents_dir=latents, data_dir=tiny_data, n=3)
+        images, _, _ = load_dataset(tiny_data, "train", res)
+        real = torch.as_tensor(images[lat["index"][:3]]).float() / 127.5 - 1
+        real = torch.where(torch.as_tensor(lat["flip"][:3]).view(-1, 1, 1, 1), real.flip(-1), real)
+        torch.testing.assert_close(x, real)
+        net, _ = load_network(path)
+        expected = decoder.generate(net, torch.as_tensor(lat["z"][:3]), torch.as_tensor(lat["labels"][:3]),
+                                    sigma_max=sigma).clamp(-1, 1)
+        torch.testing.assert_close(x_hat, expected)
+    x, x_hat = decoder.reconstructions(path, latents_dir=latents, data_dir=tiny_data)
+    assert x.shape == x_hat.shape == (10, 1, 8, 8)
+    with pytest.raises(ValueError, match="holds a teacher network, expected a decoder"):
+        decoder.reconstructions(tiny_teacher, latents_dir=latents, data_dir=tiny_data)
+
+
+def test_same_noise_samples_give_every_decoder_the_same_z_and_labels(grown_run, tiny_teacher, tmp_path, monkeypatch):
+    from dataclasses import replace
+    base, _ = load_network(tiny_teacher)
+    save_network(tmp_path / "8.pt", base, kind="decoder")  # no sigma_max in its meta: the EDM default
+    save_network(tmp_path / "16.pt", decoder.init_decoder(tiny_teacher, resolution=16), kind="decoder",
+                 meta={"sigma_max": 80.0})
+    a, b = decoder.same_noise_samples([tmp_path / "8.pt", tmp_path / "16.pt"], n=4, seed=2)
+    z = 80 * sampling.image_noise(sampling.seeds_for(4, 2), (1, 8, 8))
+    torch.testing.assert_close(a, decoder.generate(base, z, torch.arange(4)).clamp(-1, 1))
+    # The grown decoder starts as the nearest upsampling of its parent: the same z and labels show it.
+    torch.testing.assert_close(b, a.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    (c,) = decoder.same_noise_samples([tmp_path / "8.pt"], n=4, seed=2, labels=[9, 9, 9, 9])
+    torch.testing.assert_close(c, decoder.generate(base, z, torch.full((4,), 9)).clamp(-1, 1))
+    (d,) = decoder.same_noise_samples([tmp_path / "8.pt"])  # defaults: 10 images, seed 0
+    z10 = 80 * sampling.image_noise(sampling.seeds_for(10, 0), (1, 8, 8))
+    torch.testing.assert_close(d, decoder.generate(base, z10, torch.arange(10) % 10).clamp(-1, 1))
+    save_network(tmp_path / "u.pt", UNet(replace(TINY_NET, num_classes=0)), kind="decoder")
+    assert decoder.same_noise_samples([tmp_path / "u.pt"], n=2)[0].shape == (2, 1, 8, 8)  # unconditional
+    # Each decoder runs at its own sigma_max (the Stage-2 run's 70), with z = sigma_max n for the same n.
+    used = []
+    real_generate = decoder.generate
+    monkeypatch.setattr(decoder, "generate",
+                        lambda net, z, y, **k: used.append((k["sigma_max"], z)) or real_generate(net, z, y, **k))
+    decoder.same_noise_samples([tmp_path / "8.pt", grown_run.out / "G.pt"], n=2)
+    assert [s for s, _ in used] == [80.0, 70.0]
+    torch.testing.assert_close(used[1][1], used[0][1] * 70 / 80)
+    with pytest.raises(ValueError, match="holds a teacher network, expected a decoder"):
+        decoder.same_noise_samples([tiny_teacher])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_looking_at_a_decoder_on_cuda_gives_the_cpu_results(tiny_teacher, tiny_data, latents, tmp_path):
+    save_network(tmp_path / "d.pt", load_network(tiny_teacher)[0], kind="decoder")
+    grown = decoder.init_decoder(tmp_path / "d.pt", resolution=16, device="cuda")
+    assert all(p.device.type == "cuda" for p in grown.parameters())
+    kw = dict(latents_dir=latents, data_dir=tiny_data, n=3)
+    for a, b in zip(decoder.reconstructions(tmp_path / "d.pt", **kw),
+                    decoder.reconstructions(tmp_path / "d.pt", device="cuda", **kw)):
+        assert b.device.type == "cpu"
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    (a,) = decoder.same_noise_samples([tmp_path / "d.pt"], n=3)
+    (b,) = decoder.same_noise_samples([tmp_path / "d.pt"], n=3, device="cuda")
+    assert b.device.type == "cpu"
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)

@@ -98,6 +98,10 @@ def test_growth_stage_resumes_and_saves_frozen_weights_once(base_decoder, tiny_d
     decoder.train_decoder(run_dir=tmp_path / "a", out_path=tmp_path / "a.pt", **kw)
     decoder.train_decoder(run_dir=tmp_path / "b", out_path=tmp_path / "b.pt", max_steps_this_call=2, **kw)
     assert not (tmp_path / "b.pt").exists()
+    # A call that ends before the first logged step reports 0 steps instead of failing.
+    early = decoder.train_decoder(run_dir=tmp_path / "c", out_path=tmp_path / "c.pt", max_steps_this_call=1,
+                                  log_every=3, **kw)
+    assert early["steps"] == 0 and not (tmp_path / "c.pt").exists()
     ckpt = torch.load(loop.latest_checkpoint(tmp_path / "b"), weights_only=False)
     G = decoder.init_decoder(base_decoder, resolution=16)
     frozen = decoder.frozen_names(G)
@@ -130,3 +134,43 @@ def test_placement_error_is_zero_for_an_upsampled_copy_and_large_for_shuffled_pa
     # Downsampling a nearest-upsampled image with the antialiased bicubic filter is close to the identity.
     assert decoder.placement_error(high, base).max().item() < 0.03
     assert decoder.placement_error(high, base.roll(1, 0)).mean().item() > 0.1
+
+
+# ----------------------------------------------------------------------------
+# growth.grow on a small network built here (no training needed).
+
+def _small_unet(**kw):
+    from pagoda.networks import UNet, UNetConfig
+    cfg = UNetConfig(img_resolution=8, in_channels=1, out_channels=1, model_channels=16, channel_mult=(1, 2),
+                     num_res_blocks=1, num_classes=10, norm_groups=8, **kw)
+    return UNet(cfg)
+
+
+def test_grow_defaults_to_one_2x_level_of_two_resblocks_at_the_heads_width():
+    from pagoda.growth import grow
+    from pagoda.networks import GrowthLevel
+    net = _small_unet()
+    grown = grow(net)
+    assert grown.config.growth == (GrowthLevel(16, 2),) and grown.config.out_resolution == 16
+    assert grown.config.growth[0].channels == net.out[0].num_channels
+    assert grow(grown, factor=4, channels=8, num_res_blocks=1).config.growth == (
+        GrowthLevel(16, 2), GrowthLevel(8, 1), GrowthLevel(8, 1))  # appended after the existing level
+
+
+@pytest.mark.parametrize("factor", [0, 1, 3, 6, 12])
+def test_grow_rejects_factors_that_are_not_powers_of_two(factor):
+    from pagoda.growth import grow
+    with pytest.raises(ValueError, match=f"growth factor must be a power of two >= 2, got {factor}"):
+        grow(_small_unet(), factor=factor)
+
+
+def test_grow_by_8_adds_three_levels():
+    from pagoda.growth import grow
+    assert len(grow(_small_unet(), factor=8, channels=8, num_res_blocks=1).config.growth) == 3
+
+
+def test_grow_keeps_the_parents_device():
+    # On the meta device (a stand-in for a GPU), a grown copy built on the CPU could not take the parent's weights.
+    from pagoda.growth import grow
+    grown = grow(_small_unet().to("meta"))
+    assert {p.device.type for p in grown.parameters()} == {"meta"}

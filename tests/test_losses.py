@@ -182,3 +182,125 @@ def test_timm_feature_networks_plug_into_distance_and_discriminator():
     assert (dist(x, y, params=params(2, 16)) > 0).all()
     D = ProjectedDiscriminator(num_classes=3, backbone=nets)
     assert len(D.heads) == 8 and D(x, torch.tensor([0, 2])).shape[0] == 2
+
+
+# ----------------------------------------------------------------------------
+# Exact values on small hand-made inputs, and the feature distance's plumbing with tiny stand-in backbones.
+
+class TinyBackbone(torch.nn.Module):
+    """A cheap, non-linear 2-map feature extractor with the backbone interface (`channels`, list of maps)."""
+
+    channels = (1, 2)
+
+    def __init__(self, gain=1.0):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x):
+        return [x, torch.nn.functional.avg_pool2d(torch.cat([x, (self.gain * x).tanh()], 1), 2)]
+
+
+def direct_feature_distance(x_hat, x, backbone, seed):
+    from pagoda.features import RandomProjection
+    proj = RandomProjection(backbone.channels, seed=seed)
+    return normalized_feature_distance(proj(backbone(x_hat)), proj(backbone(x)))
+
+
+def test_feature_distance_sums_seeded_projected_distances_over_backbones():
+    # Backbone i gets the projection seeded projection_seed + 10 i (reproducible across runs and resumption).
+    a, b = TinyBackbone(1.0), TinyBackbone(3.0)
+    g = torch.Generator().manual_seed(0)
+    x_hat, x = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1, torch.rand(3, 1, 8, 8, generator=g) * 2 - 1
+    d = ReconstructionDistance("feature", backbone=[a, b], augment=False)
+    expected = direct_feature_distance(x_hat, x, a, 1) + direct_feature_distance(x_hat, x, b, 11)
+    torch.testing.assert_close(d(x_hat, x), expected)
+    d = ReconstructionDistance("feature", backbone=(b,), augment=False, projection_seed=5)
+    torch.testing.assert_close(d(x_hat, x), direct_feature_distance(x_hat, x, b, 5))
+    d = ReconstructionDistance("feature", backbone=a, augment=False)
+    torch.testing.assert_close(d(x_hat, x), direct_feature_distance(x_hat, x, a, 1))
+
+
+def test_feature_distance_augments_both_images_alike_and_draws_on_their_device():
+    a = TinyBackbone()
+    g = torch.Generator().manual_seed(1)
+    x_hat, x = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1, torch.rand(4, 1, 8, 8, generator=g) * 2 - 1
+    d = ReconstructionDistance("feature", backbone=a)
+    p = params(4, 8)
+    expected = direct_feature_distance(diffaug.augment(x_hat, p), diffaug.augment(x, p), a, 1)
+    assert not torch.allclose(expected, direct_feature_distance(x_hat, x, a, 1))
+    torch.testing.assert_close(d(x_hat, x, params=p), expected)
+    # Without `params`, one draw of diffaug.sample_params(n, resolution) from the global generator.
+    torch.manual_seed(7)
+    drawn = d(x_hat, x)
+    torch.manual_seed(7)
+    torch.testing.assert_close(drawn, d(x_hat, x, params=diffaug.sample_params(4, 8)))
+    # Gradients reach the reconstruction only; the target's features are constants.
+    x_hat.requires_grad_(True), x.requires_grad_(True)
+    d(x_hat, x, params=p).sum().backward()
+    assert x.grad is None and x_hat.grad.abs().sum() > 0
+    meta = d.to("meta")(torch.zeros(2, 1, 8, 8, device="meta"), torch.zeros(2, 1, 8, 8, device="meta"))
+    assert meta.device.type == "meta" and meta.shape == (2,)
+
+
+def test_default_distance_is_augmented_lite0_features_at_224(monkeypatch):
+    from pagoda import losses
+    from pagoda.features import LITE0_CHANNELS, RandomProjection
+
+    class FakeLite0(TinyBackbone):
+        channels = LITE0_CHANNELS
+
+        def __init__(self, input_size):
+            super().__init__()
+            self.input_size = input_size
+    monkeypatch.setattr(losses, "EfficientNetLite0", FakeLite0)
+    d = ReconstructionDistance()
+    assert d.kind == "feature" and d.augment is True
+    assert len(d.backbones) == 1 and isinstance(d.backbones[0], FakeLite0) and d.backbones[0].input_size == 224
+    ref = RandomProjection(LITE0_CHANNELS, seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(d.projections[0].parameters(), ref.parameters()))
+
+
+def test_pixel_distance_kinds_by_hand():
+    x_hat = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    x = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]]])
+    # Differences 1, 2, 2, 3: squared 1, 4, 4, 9 -> sum 18, mean 4.5.
+    torch.testing.assert_close(ReconstructionDistance("l2")(x_hat, x), torch.tensor([4.5]))
+    torch.testing.assert_close(l2(x, x_hat), torch.tensor([4.5]))
+    c = 0.00054 * 2  # sqrt(4 pixels)
+    torch.testing.assert_close(ReconstructionDistance("pseudo_huber", augment=False)(x_hat, x),
+                               torch.tensor([(18 + c * c) ** 0.5 - c]))
+    for kind in ("l2", "pseudo_huber"):
+        assert not hasattr(ReconstructionDistance(kind), "backbones")  # no feature network is built
+    choices = r"\('feature', 'pseudo_huber', 'l2'\)"
+    with pytest.raises(ValueError, match=r"unknown distance 'lpips'; choose one of " + choices):
+        ReconstructionDistance("lpips")
+
+
+def test_pseudo_huber_constant_and_explicit_c():
+    # |x - y|^2 = 16, c = 3: sqrt(16 + 9) - 3 = 2 (one sample: c is per sample, not per batch).
+    x, y = torch.full((1, 1, 4, 4), 2.0), torch.full((1, 1, 4, 4), 1.0)
+    torch.testing.assert_close(pseudo_huber(x, y, c=3.0), torch.tensor([2.0]))
+    # The default c = 0.00054 sqrt(16): with |x - y|^2 = 3 c^2 the distance is sqrt(4 c^2) - c = c.
+    c = 0.00054 * 4
+    y = x - c * 3 ** 0.5 / 4
+    torch.testing.assert_close(pseudo_huber(x.double(), y.double()), torch.tensor([c], dtype=torch.float64))
+
+
+def test_normalized_feature_distance_eps_guards_tiny_maps():
+    # A channel vector of norm eps is divided by 2 eps (half a unit vector); an all-zero map stays zero.
+    eps = 1e-10
+    a = torch.tensor([eps, 0.0], dtype=torch.float64).view(1, 2, 1, 1)
+    b = torch.tensor([0.0, eps], dtype=torch.float64).view(1, 2, 1, 1)
+    assert normalized_feature_distance([a], [b]).item() == pytest.approx(0.5)  # 0.5^2 + 0.5^2
+    assert normalized_feature_distance([a], [torch.zeros_like(b)]).item() == pytest.approx(0.25)
+    assert normalized_feature_distance([torch.zeros_like(a)], [torch.zeros_like(b)]).item() == 0
+
+
+def test_adaptive_weight_defaults():
+    # w = 0.2, eps = 1e-4: |g_rec| = 5e-5 over |g_adv| = 0 gives a ratio 0.5 -> 0.1.
+    assert adaptive_weight(torch.tensor([3e-5, 4e-5]), torch.zeros(2)).item() == pytest.approx(0.1)
+    # |g_rec| = 5, |g_adv| = 2: ratio 5 / (2 + 1e-4).
+    lam = adaptive_weight(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0]))
+    assert lam.item() == pytest.approx(0.2 * 5 / (2 + 1e-4))
+    assert adaptive_weight(torch.tensor([1e3]), torch.tensor([1.0])).item() == pytest.approx(0.2 * 10)
+    assert adaptive_weight(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(0.2 * 0.01)

@@ -168,3 +168,130 @@ def test_inception_path_runs_with_a_stand_in_model(inception_dir, tiny_data, tin
     without = evaluate.score(images[:30], reference, judge_net=net, feature_size=32, inception_dir=tmp_path / "none",
                              **SWD_KW)
     assert without["fid_inception"] is None and without["fd_judge"] == same["fd_judge"]
+
+
+# ----------------------------------------------------------------------------
+# Exact values on small hand-made inputs.
+
+def test_statistics_are_the_feature_means_and_the_unbiased_covariance():
+    f = np.array([[0.0, 1.0], [2.0, 5.0], [4.0, 3.0]])
+    mu, cov = metrics.statistics(f)
+    # Deviations (-2, -2), (0, 2), (2, 0): sums of products 8, 8 and 4, divided by n - 1 = 2.
+    assert mu.tolist() == [2.0, 3.0] and cov.tolist() == [[4.0, 2.0], [2.0, 4.0]]
+
+
+def test_frechet_distance_of_correlated_gaussians_by_hand():
+    # S_a = [[2, 1], [1, 2]] (eigenvalues 3, 1) and S_b = I: S_a S_b = S_a, Tr(S_a^(1/2)) = sqrt(3) + 1, so
+    # FD = |(1, 2)|^2 + 4 + 2 - 2 (sqrt(3) + 1) = 9 - 2 sqrt(3).
+    s_a = np.array([[2.0, 1.0], [1.0, 2.0]])
+    fd = metrics.frechet_distance((np.array([1.0, 2.0]), s_a), (np.zeros(2), np.eye(2)))
+    assert fd == pytest.approx(9 - 2 * np.sqrt(3), rel=1e-12)
+    # Covariances with eigenvalues below 1 and a singular one: S_a = diag(0.25, 0), S_b = diag(0.04, 0.09):
+    # Tr((S_a S_b)^(1/2)) = 0.5 * 0.2 = 0.1, FD = 0.25 + 0.13 - 0.2.
+    fd = metrics.frechet_distance((np.zeros(2), np.diag([0.25, 0.0])), (np.zeros(2), np.diag([0.04, 0.09])))
+    assert fd == pytest.approx(0.18, rel=1e-12)
+
+
+def prdc_reference(real, fake, k):
+    """Precision, recall, density, coverage of 1-D points from their definitions (k-th neighbour radii)."""
+    d = np.abs(real[:, None] - fake[None, :])
+    real_r = np.sort(np.abs(real[:, None] - real[None, :]), axis=1)[:, k]  # column 0 is the point itself
+    fake_r = np.sort(np.abs(fake[:, None] - fake[None, :]), axis=1)[:, k]
+    inside = d < real_r[:, None]
+    return {"precision": inside.any(0).mean(), "recall": (d < fake_r[None, :]).any(1).mean(),
+            "density": inside.sum(0).mean() / k, "coverage": (d.min(1) < real_r).mean()}
+
+
+def test_precision_recall_matches_the_definitions_with_k_3_by_default(capsys):
+    real, fake = np.array([0.0, 1, 2, 3, 10]), np.array([0.5, 2.9, 6, 13, 30])
+    out = metrics.precision_recall(real[:, None], fake[:, None])
+    # By hand for k = 3: real radii (3, 2, 2, 3, 9); every fake point but 30 lies in a real ball (precision 4/5),
+    # the fake balls hold every real point, and the real balls hold 4, 5, 1, 1, 0 fake points (density 11/15).
+    assert out == pytest.approx({"precision": 0.8, "recall": 1.0, "density": 11 / 15, "coverage": 1.0}, rel=1e-12)
+    assert all(type(v) is float for v in out.values())
+    assert capsys.readouterr().out == ""  # prdc's print is swallowed
+    for k in (1, 2):
+        assert metrics.precision_recall(real[:, None], fake[:, None], k=k) == pytest.approx(
+            prdc_reference(real, fake, k), rel=1e-12)
+
+
+def test_kernel_distance_is_clean_fids_with_100_subsets_of_at_most_1000_seeded_with_0():
+    from cleanfid.fid import kernel_distance as clean
+
+    def seeded(seed, *args):
+        np.random.seed(seed)
+        return clean(*args)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(20, 3)), rng.normal(size=(30, 3)) + 0.5  # subsets of 20 of y's 30: random
+    assert metrics.kernel_distance(x, y) == seeded(0, x, y, 100, 1000)
+    assert metrics.kernel_distance(x, y, seed=5, num_subsets=7) == seeded(5, x, y, 7, 1000)
+    assert metrics.kernel_distance(x, y, max_subset_size=10) == seeded(0, x, y, 100, 10)
+    big_x, big_y = rng.normal(size=(1001, 2)), rng.normal(size=(1001, 2))
+    assert metrics.kernel_distance(big_x, big_y, num_subsets=2) == seeded(0, big_x, big_y, 2, 1000)
+    # float32 features (the judges') are computed in float64.
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    assert metrics.kernel_distance(x32, y32) == metrics.kernel_distance(x32.astype(np.float64), y32.astype(np.float64))
+
+
+def test_generator_returns_consecutive_batches_and_wraps_at_the_end():
+    images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 2, 2), dtype=np.uint8)
+    G = metrics._as_generator(images)
+    batches = [G(torch.zeros(2, 1)) for _ in range(3)]
+    assert all(b.shape == (2, 3, 2, 2) and b.dtype == torch.float32 for b in batches)
+    assert [b[:, :, 0, 0].tolist() for b in batches] == [[[0] * 3, [1] * 3], [[2] * 3, [3] * 3], [[4] * 3, [0] * 3]]
+    rgb = torch.arange(12, dtype=torch.uint8).reshape(2, 3, 2, 1)  # 3 channels stay as they are
+    assert torch.equal(metrics._as_generator(rgb)(torch.zeros(2, 1)), rgb.float())
+
+
+def test_extract_features_is_silent(capfd):
+    metrics.extract_features(np.zeros((3, 1, 4, 4), dtype=np.uint8), CountingExtractor(), batch_size=2)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_effnet_features_default_to_64_pixel_inputs():
+    assert metrics.EffNetFeatures().net.input_size == 64
+
+
+def test_inception_features_normalise_clean_resized_images(inception_dir, tmp_path, monkeypatch):
+    """clean-fid's Inception path: PIL-bicubic resize to 299, then (x - 128) / 128 into the network's layers."""
+    layers = torch.jit.load(str(inception_dir / metrics.INCEPTION_FILE)).layers
+    grey = np.full((2, 1, 8, 8), 64, dtype=np.uint8)  # resizing keeps a constant image constant
+    expected = layers(torch.full((1, 3, 299, 299), -0.5))[0].detach().numpy()
+    feats = metrics.inception_features(grey, inception_dir=inception_dir)
+    assert feats.shape == (2, 2048) and np.allclose(feats, expected[None], rtol=1e-5, atol=1e-5)
+    extractor = metrics.inception_extractor(inception_dir)
+    direct = extractor(torch.full((1, 3, 299, 299), 64.0)).detach().numpy()
+    assert np.allclose(direct, expected[None], rtol=1e-5, atol=1e-5)
+    # Without a folder, clean-fid's own download folder is where the weights are looked for.
+    monkeypatch.setattr(metrics, "CLEANFID_INCEPTION_DIR", str(inception_dir))
+    assert metrics.inception_path() == inception_dir / metrics.INCEPTION_FILE
+    assert metrics.inception_path(tmp_path / "elsewhere") is None
+
+
+def test_inception_is_loaded_without_download_and_run_on_the_requested_device(inception_dir, monkeypatch):
+    import cleanfid.inception_torchscript as cleanfid_inception
+    made, moved, calls = [], [], []
+
+    class Recorder(torch.nn.Module):  # stands in for clean-fid's InceptionV3W
+        def __init__(self, path, download=True, resize_inside=False):
+            super().__init__()
+            made.append((path, download, resize_inside))
+
+        def to(self, device):
+            moved.append(device)
+            return self
+    monkeypatch.setattr(cleanfid_inception, "InceptionV3W", Recorder)
+    monkeypatch.setattr(metrics, "extract_features", lambda images, model, **kw: calls.append((images, kw)) or "feats")
+    assert metrics.inception_features("imgs", inception_dir=inception_dir, batch_size=7, device="cuda:1") == "feats"
+    assert moved == ["cuda:1"] and calls == [("imgs", {"batch_size": 7, "device": "cuda:1", "resize": "clean"})]
+    assert len(made) == 1 and made[0][0] == str(inception_dir) and not made[0][1] and not made[0][2]
+
+
+def test_extract_features_feeds_the_extractor_on_the_requested_device():
+    seen = []
+
+    def extractor(x):  # records where the batch is; "meta" stands in for an accelerator
+        seen.append(x.device.type)
+        return torch.ones(len(x), 2)
+    f = metrics.extract_features(np.zeros((2, 1, 4, 4), dtype=np.uint8), extractor, device="meta")
+    assert seen == ["meta"] and f.tolist() == [[1.0, 1.0], [1.0, 1.0]]

@@ -283,7 +283,8 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
                     log_every=log_every, device=device, progress=progress, desc=f"decoder {resolution}",
                     max_steps_this_call=max_steps_this_call)
     timing = loop.read_timing(run_dir)
-    summary = {"resolution": resolution, "base_resolution": G.config.img_resolution, "steps": rows[-1]["step"],
+    summary = {"resolution": resolution, "base_resolution": G.config.img_resolution,
+               "steps": rows[-1]["step"] if rows else 0,  # the last logged step (none yet early in a long run)
                "params": num_params(G), "trainable_params": num_params(G, trainable_only=True),
                "latent_pairs": int(len(latents["z"])), "objective": objective, "distance": distance,
                "weighting": weighting, "gan_weight": gan_weight, "sigma_max": sigma_max,
@@ -315,12 +316,12 @@ def same_noise_samples(paths, *, n=10, seed=0, labels=None, device="cpu"):
     from .sampling import class_labels, image_noise, seeds_for
     nets = [load_network(p, device=device, expect_kind="decoder") for p in paths]
     cfg = nets[0][0].config
-    z = edm.SIGMA_MAX * image_noise(seeds_for(n, seed), (cfg.in_channels, cfg.img_resolution, cfg.img_resolution),
-                                    device)
+    noise = image_noise(seeds_for(n, seed), (cfg.in_channels, cfg.img_resolution, cfg.img_resolution), device)
     y = class_labels(n, cfg.num_classes) if labels is None else torch.as_tensor(labels)
     y = y.to(device) if y is not None else None
-    return [generate(net, z, y, sigma_max=meta.get("sigma_max", edm.SIGMA_MAX)).clamp(-1, 1).cpu()
-            for net, meta in nets]
+    # z = sigma_max n at each decoder's own sigma_max, as sampling.sample_decoder draws it.
+    return [generate(net, s * noise, y, sigma_max=s).clamp(-1, 1).cpu()
+            for net, s in ((net, meta.get("sigma_max", edm.SIGMA_MAX)) for net, meta in nets)]
 
 
 def placement_error(high, base):

@@ -20,10 +20,8 @@ def grow(net: UNet, *, factor=2, channels=None, num_res_blocks=2):
     levels = tuple(GrowthLevel(channels, num_res_blocks) for _ in range(int(math.log2(factor))))
     cfg = dataclasses.replace(net.config, growth=net.config.growth + levels)
     grown = UNet(cfg).to(next(net.parameters()).device)
-    old = net.state_dict()
+    # Growing only appends blocks: every parameter of the parent exists, with its shape, in the grown net.
     new = grown.state_dict()
-    for name, value in old.items():
-        if name in new and new[name].shape == value.shape:
-            new[name] = value.clone()
+    new.update({name: value.clone() for name, value in net.state_dict().items()})
     grown.load_state_dict(new)
     return grown

@@ -145,8 +145,11 @@ def slerp(z0, z1, t):
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
     omega = torch.arccos(cos.clamp(-1, 1)).view(-1, 1)
     so = torch.sin(omega)
-    out = (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
-    return out.view_as(z0)
+    # Parallel latents (omega -> 0): slerp's limit, linear interpolation, instead of 0 / 0.
+    apart = omega > 1e-4
+    w0 = torch.where(apart, torch.sin((1 - t) * omega) / so, 1 - t)
+    w1 = torch.where(apart, torch.sin(t * omega) / so, t)
+    return (w0 * a + w1 * b).view_as(z0)
 
 
 # ----------------------------------------------------------------------------
@@ -177,7 +180,7 @@ def richardson_lucy(y, blur, *, iterations=30):
     from skimage.restoration import richardson_lucy as rl
     k = blur.kernel.numpy()
     psf = np.outer(k, k)
-    a = np.clip(_to01(y), 0, 1)
+    a = _to01(y)
     out = np.stack([rl(a[i, 0], psf, num_iter=iterations, clip=True)[None] for i in range(len(a))])
     return _from01(out)
 

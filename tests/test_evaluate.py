@@ -1,0 +1,421 @@
+"""Evaluation: the rows of the table, the images of each method, the scores against direct computations,
+and the records and samples as written to disk (tiny judge, tiny teacher, tiny data)."""
+
+import json
+import types
+
+import numpy as np
+import pytest
+import threadpoolctl
+import torch
+
+from pagoda import decoder, evaluate, judge, loop, metrics, sampling, swd
+from pagoda.checkpoints import load_network, save_network
+from pagoda.data import load_dataset, resize_uint8, to_uint8
+
+SWD_KW = dict(swd_min_resolution=8, swd_descriptors_per_image=4, swd_projections=16)
+
+
+class StandInEffNet(torch.nn.Module):
+    """EfficientNet-lite0's place in the tests: mean pixels over an (input_size / 16)^2 grid, so that the
+    features depend on the images and on `input_size` but stay small (exact Frechet distances in ms)."""
+
+    def __init__(self, input_size=64):
+        super().__init__()
+        self.grid = input_size // 16
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, self.grid).flatten(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_and_single_threaded():
+    """The stand-in feature network, and one thread: tiny tensors on a shared CPU run far faster so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp, threadpoolctl.threadpool_limits(1):
+        mp.setattr(metrics, "EffNetFeatures", StandInEffNet)
+        yield
+    torch.set_num_threads(threads)
+
+
+def spy_on_savez(monkeypatch):
+    """Where np.savez writes (the temporary file, which must sit beside the output for an atomic rename)."""
+    written, real = [], np.savez
+
+    def savez(path, **arrays):
+        written.append(path)
+        return real(path, **arrays)
+    monkeypatch.setattr(np, "savez", savez)
+    return written
+
+
+def fake_clock(*times):
+    """A stand-in for the `time` module whose time() returns `times` in turn (exact images/s)."""
+    return types.SimpleNamespace(time=iter(times).__next__)
+
+
+def fake_inception(images, *, inception_dir=None, device="cpu"):
+    """Stand-in Inception features: per-image mean and std of the pixels and the first pixel."""
+    x = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    return np.stack([x.mean(1), x.std(1), x[:, 0]], 1)
+
+
+@pytest.fixture(scope="module")
+def judges(tiny_data, tmp_path_factory):
+    """Judges of 8 and 16 px laid out as the workflow names them (judges_dir/R/judge.pt)."""
+    out = tmp_path_factory.mktemp("judges")
+    for r in (8, 16):
+        judge.train_judge(data_dir=tiny_data, resolution=r, run_dir=out / str(r), out_path=out / str(r) / "judge.pt",
+                          steps=3, batch_size=8, width=4, feature_dim=8, progress=False, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="module")
+def eval_dir(tiny_data, judges, tmp_path_factory):
+    """Reference statistics at 8 and 16 px (feature network at 32 px; and at the default 64 px with few SWD
+    images, which keeps the default 128 x 512 SWD fast) in an evaluation folder."""
+    out = tmp_path_factory.mktemp("eval")
+    for r in (8, 16):
+        for size, swd_images, name in ((32, 20, f"reference_{r}.npz"), (64, 4, f"reference_{r}_64.npz")):
+            evaluate.reference_statistics(data_dir=tiny_data, resolution=r, out_path=out / name,
+                                          judge_path=judges / str(r) / "judge.pt", n_images=30,
+                                          swd_images=swd_images, feature_size=size)
+    return out
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tiny_teacher, tmp_path_factory):
+    """A Stage-2 decoder (initialised from the tiny teacher, untrained) at decoder_dir/8/decoder.pt."""
+    out = tmp_path_factory.mktemp("decoders")
+    torch.manual_seed(0)
+    save_network(out / "8" / "decoder.pt", decoder.init_decoder(tiny_teacher, resolution=8), kind="decoder")
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Rows of the table.
+
+def test_rows_of_three_resolutions_in_table_order():
+    assert evaluate.rows([8, 16, 32]) == [
+        ("data_test", 8), ("data_test", 16), ("data_test", 32), ("teacher_ode", 8), ("teacher_ode_bicubic", 16),
+        ("teacher_ode_bicubic", 32), ("pagoda", 8), ("pagoda", 16), ("pagoda", 32), ("stage2_bicubic", 16),
+        ("stage2_bicubic", 32), ("data_bicubic", 16), ("data_bicubic", 32)]
+    assert evaluate.rows([16]) == [("data_test", 16), ("teacher_ode", 16), ("pagoda", 16)]
+
+
+def test_applies_only_at_the_study_resolutions():
+    for method in evaluate.METHODS:
+        assert not evaluate.applies(method, 64, [8, 16])
+    assert evaluate.applies("teacher_ode", 8, [8, 16]) and not evaluate.applies("teacher_ode", 16, [8, 16])
+    with pytest.raises(ValueError, match=r"unknown method 'vae'; known: \('data_test'"):
+        evaluate.applies("vae", 8, [8, 16])
+
+
+# ----------------------------------------------------------------------------
+# Samples on disk.
+
+def test_samples_round_trip_with_and_without_labels_and_speed(tmp_path, monkeypatch):
+    images = np.arange(2 * 1 * 4 * 4, dtype=np.uint8).reshape(2, 1, 4, 4)
+    path = tmp_path / "deep" / "samples" / "m_4.npz"
+    written = spy_on_savez(monkeypatch)
+    evaluate.save_samples(path, images, np.array([3, 7]), 5, 12.5)
+    assert [str(p) for p in written] == [str(path) + ".tmp.npz"]
+    s = evaluate.load_samples(path)
+    assert np.array_equal(s["images"], images) and s["images"].dtype == np.uint8
+    assert s["labels"].tolist() == [3, 7] and s["nfe"] == 5.0 and s["images_per_sec"] == 12.5
+    assert [p.name for p in path.parent.iterdir()] == ["m_4.npz"]  # no temporary file left behind
+    # Real images have no labels, NFE or speed: None and NaN on the way back.
+    evaluate.save_samples(path, images, None, None, None)
+    s = evaluate.load_samples(path)
+    assert s["labels"] is None and np.isnan(s["nfe"]) and np.isnan(s["images_per_sec"])
+    assert np.array_equal(s["images"], images)
+
+
+# ----------------------------------------------------------------------------
+# Images of each method.
+
+def test_timed_samples_warm_up_then_time_the_full_call(monkeypatch):
+    calls = []
+
+    def sampler(labels, seeds):
+        calls.append((list(labels), list(seeds)))
+        return "images", 7
+    monkeypatch.setattr(evaluate, "time", fake_clock(10.0, 12.0))
+    labels, seeds = list(range(40)), list(range(100, 140))
+    assert evaluate._timed_samples(sampler, labels, seeds) == ("images", 7, 20.0)  # 40 images in 2 s
+    assert calls == [(labels[:32], seeds[:32]), (labels, seeds)]
+    calls.clear()
+    monkeypatch.setattr(evaluate, "time", fake_clock(0.0, 4.0))
+    assert evaluate._timed_samples(sampler, labels, seeds, warmup=3)[2] == 10.0
+    assert calls[0] == (labels[:3], seeds[:3])
+
+
+def test_real_image_rows_are_the_test_images(tiny_data):
+    test8, labels8, _ = load_dataset(tiny_data, "test", 8)
+    test16, labels16, _ = load_dataset(tiny_data, "test", 16)
+    images, labels, nfe, ips = evaluate.method_images("data_test", 16, base_resolution=8, n=5, seed=0,
+                                                      data_dir=tiny_data)
+    assert np.array_equal(images, test16[:5]) and np.array_equal(labels, labels16[:5])
+    assert nfe is None and ips is None
+    # data_bicubic: the same images at the base resolution, upsampled back.
+    images, labels, nfe, ips = evaluate.method_images("data_bicubic", 16, base_resolution=8, n=5, seed=0,
+                                                      data_dir=tiny_data)
+    assert np.array_equal(images, resize_uint8(test8[:5], 16)) and images.shape == (5, 1, 16, 16)
+    assert np.array_equal(labels, labels8[:5]) and nfe is None and ips is None
+    with pytest.raises(ValueError, match=r"unknown method 'vae'; known: \('data_test'"):
+        evaluate.method_images("vae", 8, base_resolution=8, n=5, seed=0, data_dir=tiny_data)
+
+
+def test_generator_rows_draw_the_evaluation_seeds(tiny_data, tiny_teacher, decoder_dir):
+    decoder_path = decoder_dir / "8" / "decoder.pt"
+    kw = dict(base_resolution=8, n=4, seed=2, data_dir=tiny_data, teacher_path=tiny_teacher, decoder_path=decoder_path)
+    seeds = sampling.seeds_for(4, 1002)  # evaluation seeds sit EVAL_SEED_OFFSET above the training ones
+    labels = torch.arange(4)
+    images, lab, nfe, ips = evaluate.method_images("teacher_ode", 8, num_points=3, batch_size=3, **kw)
+    net, _ = load_network(tiny_teacher)
+    expected, _ = sampling.sample_teacher(net, labels, seeds=seeds, num_points=3)
+    assert images.dtype == np.uint8 and np.array_equal(images, to_uint8(expected).numpy())
+    assert lab.tolist() == [0, 1, 2, 3] and nfe == 5 and ips > 0  # Heun on 3 points: 2 * 3 - 1 evaluations
+    images, lab, nfe, ips = evaluate.method_images("pagoda", 8, **kw)
+    G, meta = load_network(decoder_path)
+    expected, _ = sampling.sample_decoder(G, labels, seeds=seeds)
+    assert np.array_equal(images, to_uint8(expected).numpy()) and lab.tolist() == [0, 1, 2, 3] and nfe == 1
+
+
+def test_bicubic_rows_upsample_the_base_samples_and_add_their_time(monkeypatch):
+    base = {"images": np.random.default_rng(0).integers(0, 256, (10, 1, 8, 8), dtype=np.uint8),
+            "labels": np.arange(10), "nfe": 79.0, "images_per_sec": 5.0}
+    monkeypatch.setattr(evaluate, "time", fake_clock(100.0, 102.0))
+    images, labels, nfe, ips = evaluate.method_images("teacher_ode_bicubic", 16, base_resolution=8, n=10, seed=0,
+                                                      data_dir=None, base_samples=base)
+    assert np.array_equal(images, resize_uint8(base["images"], 16)) and labels is base["labels"] and nfe == 79.0
+    assert ips == 2.5  # 10 images: 2 s to generate at 5/s, then 2 s to upsample
+    monkeypatch.setattr(evaluate, "time", fake_clock(0.0, 0.0))
+    assert evaluate.method_images("stage2_bicubic", 32, base_resolution=8, n=10, seed=0, data_dir=None,
+                                  base_samples=base)[3] == 5.0
+
+
+# ----------------------------------------------------------------------------
+# Reference statistics and scores.
+
+def test_reference_statistics_of_a_random_subset(tiny_data, judges, tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "inception_features", fake_inception)
+    monkeypatch.setattr(evaluate, "time", fake_clock(100.0, 103.5))
+    out = tmp_path / "new" / "eval" / "reference_8.npz"
+    written = spy_on_savez(monkeypatch)
+    summary = evaluate.reference_statistics(data_dir=tiny_data, resolution=8, out_path=out,
+                                            judge_path=judges / "8" / "judge.pt", n_images=25, swd_images=10,
+                                            feature_size=32, seed=3)
+    ref = evaluate.load_reference(out)
+    assert [p.name for p in out.parent.iterdir()] == ["reference_8.npz"]
+    assert [str(p) for p in written] == [str(out) + ".tmp.npz"]
+    images, _, _ = load_dataset(tiny_data, "train", 8)
+    idx = np.sort(np.random.default_rng(3).choice(40, 25, replace=False))
+    subset = images[idx]
+    net, meta = judge.load_judge(judges / "8" / "judge.pt")
+    jf = judge.image_features(net, subset)
+    ef = metrics.extract_features(subset, metrics.EffNetFeatures(32))
+    assert np.allclose(ref["judge_features"], jf, atol=1e-5) and ref["judge_features"].dtype == np.float32
+    assert np.allclose(ref["effnet_features"], ef, atol=1e-5) and ref["effnet_features"].dtype == np.float32
+    for name, feats in (("judge", jf), ("effnet", ef), ("inception", fake_inception(subset))):
+        mu, sigma = metrics.statistics(feats)
+        assert np.allclose(ref[f"{name}_mu"], mu, atol=1e-5) and np.allclose(ref[f"{name}_sigma"], sigma, atol=1e-5)
+    assert np.array_equal(ref["swd_images"], subset[np.random.default_rng(4).permutation(25)[:10]])
+    assert (ref["n_images"], ref["feature_size"], ref["resolution"]) == (25, 32, 8)
+    assert ref["judge_test_accuracy"] == meta["test_accuracy"]
+    # The return value is the summary: the scalars only.
+    assert sorted(summary) == ["feature_size", "judge_test_accuracy", "n_images", "resolution", "seconds"]
+    assert summary["n_images"] == 25 and summary["seconds"] == ref["seconds"] == 3.5  # the clock read twice
+
+
+def test_reference_statistics_defaults_take_every_image_of_a_small_set(tiny_data, judges, tmp_path):
+    evaluate.reference_statistics(data_dir=tiny_data, resolution=8, out_path=tmp_path / "r.npz",
+                                  judge_path=judges / "8" / "judge.pt", inception_dir=tmp_path)
+    ref = evaluate.load_reference(tmp_path / "r.npz")
+    images, _, _ = load_dataset(tiny_data, "train", 8)
+    assert ref["n_images"] == 40 and ref["feature_size"] == 64 and "inception_mu" not in ref
+    assert np.array_equal(ref["swd_images"], images[np.random.default_rng(1).permutation(40)])
+    ef = metrics.extract_features(images, metrics.EffNetFeatures(64))
+    assert np.allclose(ref["effnet_features"], ef, atol=1e-5)
+
+
+def direct_scores(images, ref, net, *, k, seed, feature_size, swd_kw, inception=None):
+    """Every metric of `score`, computed here straight from the metric functions."""
+    n = len(images)
+    jf = judge.image_features(net, images)
+    ef = metrics.extract_features(images, metrics.EffNetFeatures(feature_size))
+    levels = swd.multiscale_swd(images[:len(ref["swd_images"])], ref["swd_images"], seed=seed, **swd_kw)
+    out = {"fd_judge": metrics.frechet_distance(metrics.statistics(jf), (ref["judge_mu"], ref["judge_sigma"])),
+           "kid_judge": metrics.kernel_distance(jf, ref["judge_features"], seed=seed),
+           **{f"{key}_judge": v for key, v in metrics.precision_recall(ref["judge_features"][:n].astype(np.float64), jf, k=k).items()},
+           "swd": levels["swd"], "swd_finest": levels["swd_finest"],
+           "fd_effnet": metrics.frechet_distance(metrics.statistics(ef), (ref["effnet_mu"], ref["effnet_sigma"])),
+           **metrics.precision_recall(ref["effnet_features"][:n].astype(np.float64), ef, k=k),
+           "fid_inception": None if inception is None else metrics.frechet_distance(
+               metrics.statistics(inception(images)), (ref["inception_mu"], ref["inception_sigma"]))}
+    return out, {str(r): v for r, v in levels.items() if r not in ("swd", "swd_finest")}
+
+
+def assert_scores_equal(got, expected, expected_levels):
+    assert got.pop("swd_levels") == pytest.approx(expected_levels, rel=1e-6)
+    assert sorted(got) == sorted(expected)
+    for key, v in expected.items():
+        assert got[key] == (None if v is None else pytest.approx(v, rel=1e-4, abs=1e-6)), key
+
+
+def test_score_is_each_metric_against_the_reference(tiny_data, judges, eval_dir):
+    ref = evaluate.load_reference(eval_dir / "reference_8.npz")
+    net = judge.load_judge(judges / "8" / "judge.pt")[0]
+    images = 255 - load_dataset(tiny_data, "train", 8)[0][:25]  # 25 images: fewer than the reference, more pixels
+    got = evaluate.score(images, ref, judge_net=net, feature_size=32, k=2, seed=1, **SWD_KW)
+    expected, levels = direct_scores(images, ref, net, k=2, seed=1, feature_size=32, swd_kw=dict(
+        min_resolution=8, descriptors_per_image=4, n_projections=16))
+    assert list(levels) == ["8"] and expected["fid_inception"] is None
+    assert_scores_equal(got, expected, levels)
+    with pytest.raises(ValueError, match="reference features were computed at 32 px, not 64"):
+        evaluate.score(images, ref, judge_net=net)
+
+
+def test_score_defaults_and_the_inception_view(tiny_data, judges, eval_dir, monkeypatch):
+    monkeypatch.setattr(metrics, "inception_features", fake_inception)
+    ref = evaluate.load_reference(eval_dir / "reference_16_64.npz")
+    images = load_dataset(tiny_data, "test", 16)[0][:12]
+    ref["inception_mu"], ref["inception_sigma"] = metrics.statistics(fake_inception(ref["swd_images"]))
+    net = judge.load_judge(judges / "16" / "judge.pt")[0]
+    got = evaluate.score(images, ref, judge_net=net)
+    expected, levels = direct_scores(images, ref, net, k=3, seed=0, feature_size=64, inception=fake_inception,
+                                     swd_kw=dict(min_resolution=16, descriptors_per_image=128, n_projections=512))
+    assert expected["fid_inception"] > 0
+    assert_scores_equal(got, expected, levels)
+    # A reference with Inception statistics but no Inception network at hand: no FID.
+    monkeypatch.setattr(metrics, "inception_features", lambda *a, **kw: None)
+    assert evaluate.score(images, ref, judge_net=net)["fid_inception"] is None
+
+
+# ----------------------------------------------------------------------------
+# One record.
+
+def test_evaluate_writes_the_record_and_the_samples(tiny_data, judges, eval_dir, tmp_path):
+    kw = dict(resolutions=[8, 16], reference_path=eval_dir / "reference_16.npz", judge_path=judges / "16" / "judge.pt",
+              data_dir=tiny_data, feature_size=32, k=2, seed=1, device="cpu", **SWD_KW)
+    record = evaluate.evaluate("data_test", 16, out_path=tmp_path / "r.json", samples_path=tmp_path / "s" / "s.npz",
+                               n_samples=12, **kw)
+    assert json.loads((tmp_path / "r.json").read_text()) == record
+    images = load_dataset(tiny_data, "test", 16)[0][:12]
+    samples = evaluate.load_samples(tmp_path / "s" / "s.npz")
+    assert np.array_equal(samples["images"], images) and np.isnan(samples["nfe"])
+    expected = evaluate.score(images, evaluate.load_reference(eval_dir / "reference_16.npz"),
+                              judge_net=judge.load_judge(judges / "16" / "judge.pt")[0], feature_size=32, k=2, seed=1,
+                              **SWD_KW)
+    assert list(record) == ["method", "resolution", "nfe", "n_samples", *expected, "images_per_sec", "device",
+                            "feature_size"]
+    assert {k: record[k] for k in ("method", "resolution", "nfe", "n_samples", "images_per_sec", "device",
+                                   "feature_size")} == {
+        "method": "data_test", "resolution": 16, "nfe": None, "n_samples": 12, "images_per_sec": None,
+        "device": None, "feature_size": 32}
+    for key, v in expected.items():
+        assert record[key] == (v if not isinstance(v, float) else pytest.approx(v, rel=1e-6)), key
+    with pytest.raises(ValueError, match=r"teacher_ode has no row at resolution 16 \(resolutions \[8, 16\]\)"):
+        evaluate.evaluate("teacher_ode", 16, out_path=tmp_path / "x.json", samples_path=tmp_path / "x.npz", **kw)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_evaluate_defaults_match_the_score_defaults(tiny_data, judges, eval_dir, tmp_path):
+    ref = evaluate.load_reference(eval_dir / "reference_16_64.npz")
+    record = evaluate.evaluate("data_test", 16, resolutions=[16], reference_path=eval_dir / "reference_16_64.npz",
+                               judge_path=judges / "16" / "judge.pt", out_path=tmp_path / "r.json",
+                               samples_path=tmp_path / "s.npz", data_dir=tiny_data)
+    images = load_dataset(tiny_data, "test", 16)[0]
+    expected = evaluate.score(images, ref, judge_net=judge.load_judge(judges / "16" / "judge.pt")[0])
+    assert record["n_samples"] == 20 and record["feature_size"] == 64  # every one of the 20 test images
+    for key, v in expected.items():
+        assert record[key] == (v if not isinstance(v, float) else pytest.approx(v, rel=1e-6)), key
+
+
+def test_evaluate_row_reads_and_writes_the_results_layout(tiny_data, tiny_teacher, judges, eval_dir, decoder_dir,
+                                                          tmp_path, monkeypatch):
+    run = tmp_path / "eval"
+    run.mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # a path that lost its folder would land here, and find nothing
+    for r in (8, 16):
+        (run / f"reference_{r}.npz").write_bytes((eval_dir / f"reference_{r}.npz").read_bytes())
+    kw = dict(eval_dir=str(run), judges_dir=str(judges), decoder_dir=str(decoder_dir), teacher_path=tiny_teacher,
+              resolutions=[8, 16], data_dir=tiny_data, n_samples=6, num_points=3, feature_size=32, device="cpu", **SWD_KW)
+    teacher = evaluate.evaluate_row("teacher_ode", 8, **kw)
+    assert (teacher["method"], teacher["nfe"], teacher["n_samples"]) == ("teacher_ode", 5, 6)
+    assert teacher["images_per_sec"] > 0 and teacher["device"] == loop.device_name("cpu")
+    assert json.loads((run / "teacher_ode_8.json").read_text()) == teacher
+    pagoda = evaluate.evaluate_row("pagoda", 8, **kw)
+    assert (pagoda["method"], pagoda["nfe"]) == ("pagoda", 1)
+    stage2 = evaluate.load_samples(run / "samples" / "pagoda_8.npz")
+    # stage2_bicubic upsamples the Stage-2 samples; teacher_ode_bicubic the teacher's.
+    for method, source in (("stage2_bicubic", "pagoda"), ("teacher_ode_bicubic", "teacher_ode")):
+        record = evaluate.evaluate_row(method, 16, **kw)
+        base = evaluate.load_samples(run / "samples" / f"{source}_8.npz")
+        assert np.array_equal(evaluate.load_samples(run / "samples" / f"{method}_16.npz")["images"],
+                              resize_uint8(base["images"], 16))
+        assert record["nfe"] == base["nfe"] and 0 < record["images_per_sec"] < base["images_per_sec"]
+        assert (run / f"{method}_16.json").exists()
+    assert stage2["labels"].tolist() == [0, 1, 2, 3, 4, 5]
+    record = evaluate.evaluate_row("data_bicubic", 16, **kw)
+    assert record["nfe"] is None and record["fd_judge"] > 0
+
+
+def test_the_device_and_batch_sizes_reach_every_network(tiny_data, tiny_teacher, judges, eval_dir, tmp_path,
+                                                        monkeypatch):
+    """Where and in what batches the networks run: spies record what each one is handed and run it on the
+    CPU, so the (CUDA) device named here is never touched and the test runs anywhere."""
+    seen = []
+    real_load_judge, real_extract, real_sampler = evaluate.load_judge, metrics.extract_features, evaluate.load_sampler
+
+    def load_judge(path, device="cpu"):
+        seen.append(("judge", device))
+        return real_load_judge(path)
+
+    def extract_features(images, net, *, batch_size=250, device="cpu"):
+        seen.append(("features", batch_size, device))
+        return real_extract(images, net)
+
+    def inception_features(images, *, inception_dir=None, device="cpu"):
+        seen.append(("inception", inception_dir, device))
+        return fake_inception(images)
+
+    def load_sampler(path, *, device="cpu", num_points=40, batch_size=500):
+        seen.append(("sampler", device, num_points, batch_size))
+        return real_sampler(path, num_points=num_points, batch_size=batch_size)
+
+    def to(net, device):
+        seen.append(("to", device))
+        return net
+
+    def device_name(device):
+        seen.append(("name", device))
+        return "a GPU"
+    for module, name, spy in ((evaluate, "load_judge", load_judge), (metrics, "extract_features", extract_features),
+                              (metrics, "inception_features", inception_features),
+                              (evaluate, "load_sampler", load_sampler), (StandInEffNet, "to", to),
+                              (loop, "device_name", device_name)):
+        monkeypatch.setattr(module, name, spy)
+    gpu = torch.device("cuda", 7)
+    evaluate.reference_statistics(data_dir=tiny_data, resolution=8, out_path=tmp_path / "ref.npz",
+                                  judge_path=judges / "8" / "judge.pt", n_images=10, swd_images=10, feature_size=32,
+                                  inception_dir="weights", batch_size=7, device=gpu)
+    assert seen == [("judge", gpu), ("to", gpu), ("features", 7, gpu), ("inception", "weights", gpu)]
+    kw = dict(resolutions=[8], reference_path=tmp_path / "ref.npz", judge_path=judges / "8" / "judge.pt",
+              out_path=tmp_path / "r.json", samples_path=tmp_path / "s.npz", n_samples=6, data_dir=tiny_data,
+              teacher_path=tiny_teacher, num_points=3, feature_size=32, inception_dir="weights", **SWD_KW)
+    for batch_size in (4, None):  # None: evaluate's default
+        seen.clear()
+        record = evaluate.evaluate("teacher_ode", 8, device="cuda:7", **kw,
+                                   **({} if batch_size is None else {"batch_size": batch_size}))
+        # Evaluation scores in the feature network's own batches (score's default), whatever the sampler's.
+        assert seen == [("sampler", gpu, 3, batch_size or 500), ("judge", gpu), ("to", gpu), ("features", 250, gpu),
+                        ("inception", "weights", gpu), ("name", gpu)]
+        assert record["device"] == "a GPU" and record["fid_inception"] > 0
+    seen.clear()
+    evaluate.score(np.zeros((6, 1, 8, 8), np.uint8), evaluate.load_reference(tmp_path / "ref.npz"),
+                   judge_net=real_load_judge(judges / "8" / "judge.pt")[0], feature_size=32, batch_size=3,
+                   inception_dir="weights", device="cuda:7", **SWD_KW)
+    assert seen == [("to", "cuda:7"), ("features", 3, "cuda:7"), ("inception", "weights", "cuda:7")]
