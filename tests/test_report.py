@@ -113,6 +113,7 @@ def test_inverse_claims_rest_on_the_judge_with_the_training_space_beside():
     assert list(c.claim.str.split(":").str[0]) == ["sr4", "sr4", "deblur"]
     assert c.holds.all() and not c.training_holds.any()  # judge: better; EfficientNet: worse
     assert "DISAGREES" in report.claim_sentences(c)
+    assert report.verdicts(c).count("the training space DISAGREES") == report.claim_sentences(c).count("DISAGREES")
     # Against a baseline the KID must agree too; against latent optimisation the distance alone decides.
     c = report.inverse_claims(inverse_table(judge_distance=0.4, kid_judge=0.06, effnet_distance=0.9))
     assert list(c.holds) == [False, True, False] and c.training_holds.all()
@@ -161,6 +162,9 @@ def test_significant_rounds_floats_only():
     s = report.significant(pd.Series([1234.5678, "cpu", 3, 0.000123456, -2.71828]))
     assert s.tolist() == [1230.0, "cpu", 3, 0.000123, -2.72]
     assert type(s[0]) is float and type(s[2]) is int
+    # A stage summary shown without its text fields: the integers stay integers.
+    summary = report.significant(pd.Series({"steps": 40, "loss": 0.730401, "device": "cpu"}, name="run").drop("device"))
+    assert summary.to_dict() == {"steps": 40, "loss": 0.73} and type(summary["steps"]) is int and summary.name == "run"
     assert report.significant(pd.DataFrame({"a": [1234.5678], "b": ["x"]}), digits=2).to_dict("list") == {
         "a": [1200.0], "b": ["x"]}
 
@@ -227,6 +231,12 @@ def test_claims_in_plain_words_on_the_reference_numbers(tmp_path):
         "Measured: 3000 vs 30.0 images/s: 100x faster; ratio 1.25. The training space agrees (ratio 1.25).",
         "HOLDS (pixels): growing keeps objects in place: the 16x16 output seen at 8x8 matches Stage 2 for the same "
         "z. Measured: mean |diff| 0.020 on [0, 1] (shuffled pairs 0.200). Training space: not applicable."]
+    assert report.verdicts(c).splitlines() == [
+        "DOES NOT HOLD (fd_judge): the one-step student matches or beats its teacher at 8x8; the training space agrees",
+        "HOLDS (fd_judge): growth beats every upsampling baseline at 16x16; the training space agrees",
+        "HOLDS (fd_judge): one step is far faster than the 79-NFE ODE at comparable quality (within 1.5x) at 8x8; "
+        "the training space agrees",
+        "HOLDS (pixels): growing keeps objects in place: the 16x16 output seen at 8x8 matches Stage 2 for the same z"]
     assert list(c.training_metric[:3]) == ["fd_effnet"] * 3 and pd.isna(c.training_metric[3])
     assert list(c.training_holds[:3]) == [False, True, True] and pd.isna(c.training_holds[3])
     assert all(type(h) is bool for h in c.holds)

@@ -27,10 +27,16 @@ def fid_table(record_paths):
     return df[TABLE_COLUMNS]
 
 
+def _rounded(v, digits):
+    return float(f"{v:.{digits}g}") if isinstance(v, float) else v
+
+
 def significant(values, digits=3):
     """Every float of a table or series rounded to `digits` significant figures: what the notebooks show,
     so that nbval compares numbers at a stated precision rather than to the last bit of the CPU's arithmetic."""
-    return values.map(lambda v: float(f"{v:.{digits}g}") if isinstance(v, float) else v)
+    if isinstance(values, pd.Series):  # element by element, so that a summary's integers stay integers
+        return pd.Series([_rounded(v, digits) for v in values], index=values.index, name=values.name, dtype=object)
+    return values.map(lambda v: _rounded(v, digits))
 
 
 def headline_metric(table):
@@ -69,11 +75,15 @@ def stage_costs(results_dir, resolutions):
     return pd.DataFrame(rows)
 
 
+def _verdict(c):
+    return "not measured" if "nan" in c.measured else ("HOLDS" if c.holds else "DOES NOT HOLD")
+
+
 def claim_sentences(claims_table):
     """The claims in plain words, one line each, with whether the training-space metric agrees."""
     lines = []
     for _, c in claims_table.iterrows():
-        verdict = "not measured" if "nan" in c.measured else ("HOLDS" if c.holds else "DOES NOT HOLD")
+        verdict = _verdict(c)
         line = f"{verdict} ({c.metric}): {c.claim}. Measured: {c.measured}."
         if verdict == "not measured":
             lines.append(line)
@@ -86,6 +96,18 @@ def claim_sentences(claims_table):
             line += (f" The training space DISAGREES: by {c.training_metric} the claim "
                      f"{'holds' if c.training_holds else 'does not hold'} ({c.training_measured}).")
         lines.append(line)
+    return "\n".join(lines)
+
+
+def verdicts(claims_table):
+    """The verdicts alone, one line each, without the measured numbers (whose last digits move with the
+    machine's floating-point rounding; the verdicts do not, except the speed claim's on a slow machine)."""
+    lines = []
+    for _, c in claims_table.iterrows():
+        verdict = _verdict(c)
+        training = ("" if verdict == "not measured" or not isinstance(c.training_measured, str) else
+                    "; the training space agrees" if c.training_holds == c.holds else "; the training space DISAGREES")
+        lines.append(f"{verdict} ({c.metric}): {c.claim}{training}")
     return "\n".join(lines)
 
 
