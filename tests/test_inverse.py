@@ -539,3 +539,21 @@ def test_slerp_guards_arccos_against_rounding_past_minus_one():
     cos = (a * -a).sum() / a.norm() ** 2
     assert cos < -1
     assert torch.isfinite(inverse.slerp(a, -a, torch.full((1, 1), 0.5))).all()
+
+
+def test_baselines_restore_every_channel_of_rgb_images():
+    # Each channel is its own grey image: the baselines must return (N, 3, H, W) with channel c equal to the
+    # grey baseline applied to channel c (before: channel 0 only, one channel out, SSIM raised on RGB).
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 12, 12, generator=g) * 2 - 1
+    m = inverse.random_pixel_mask(2, 12, seed=3)
+    filled = inverse.biharmonic(x * m, m)
+    blur = inverse.GaussianBlur((3, 12, 12), 1.0)
+    sharp = inverse.richardson_lucy(blur(x), blur, iterations=5)
+    assert filled.shape == sharp.shape == x.shape
+    for c in range(3):
+        grey = x[:, c:c + 1]
+        torch.testing.assert_close(filled[:, c:c + 1], inverse.biharmonic(grey * m, m))
+        grey_blur = inverse.GaussianBlur((1, 12, 12), 1.0)
+        torch.testing.assert_close(sharp[:, c:c + 1], inverse.richardson_lucy(grey_blur(grey), grey_blur, iterations=5))
+    assert inverse.ssim(filled, x).shape == (2,) and inverse.psnr(sharp, x).shape == (2,)

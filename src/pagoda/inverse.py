@@ -168,20 +168,21 @@ def bicubic(y_low, resolution):
 
 
 def biharmonic(y, mask):
-    """scikit-image's biharmonic inpainting of the pixels where mask = 0."""
+    """scikit-image's biharmonic inpainting of the pixels where mask = 0, every channel of (N, C, H, W)."""
     from skimage.restoration import inpaint_biharmonic
     a, m = _to01(y), (mask.expand_as(y) == 0).cpu().numpy()
-    out = np.stack([inpaint_biharmonic(a[i, 0], m[i, 0])[None] for i in range(len(a))])
+    out = np.stack([[inpaint_biharmonic(a[i, c], m[i, c]) for c in range(a.shape[1])] for i in range(len(a))])
     return _from01(out)
 
 
 def richardson_lucy(y, blur, *, iterations=30):
-    """scikit-image's Richardson-Lucy deconvolution with the known Gaussian PSF."""
+    """scikit-image's Richardson-Lucy deconvolution with the known Gaussian PSF, every channel of (N, C, H, W)."""
     from skimage.restoration import richardson_lucy as rl
     k = blur.kernel.numpy()
     psf = np.outer(k, k)
     a = _to01(y)
-    out = np.stack([rl(a[i, 0], psf, num_iter=iterations, clip=True)[None] for i in range(len(a))])
+    out = np.stack([[rl(a[i, c], psf, num_iter=iterations, clip=True) for c in range(a.shape[1])]
+                    for i in range(len(a))])
     return _from01(out)
 
 
