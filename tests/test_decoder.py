@@ -1,5 +1,6 @@
 """Stage 2: the encoder's shards, the one-step generator's initialisation, G/D steps, the sampling API."""
 
+import dataclasses
 import math
 import os
 from types import SimpleNamespace
@@ -461,3 +462,24 @@ def test_looking_at_a_decoder_on_cuda_gives_the_cpu_results(tiny_teacher, tiny_d
     (b,) = decoder.same_noise_samples([tmp_path / "d.pt"], n=3, device="cuda")
     assert b.device.type == "cpu"
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_decoder_has_no_dropout_when_the_teacher_was_trained_with_it(tmp_path):
+    # config/imagenet.yaml's teacher has dropout 0.1; the released code builds the decoder with dropout 0. In
+    # .train() mode a live dropout would make two passes on the same input differ (and differ from sampling).
+    torch.manual_seed(2)
+    teacher = UNet(dataclasses.replace(TINY_NET, dropout=0.5))
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # no zero-initialised layer hides the dropout
+    save_network(tmp_path / "t.pt", teacher, kind="teacher")
+    z, y = 80 * torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
+    for resolution in (8, 16):
+        G = decoder.init_decoder(tmp_path / "t.pt", resolution=resolution)
+        assert G.training and G.config.dropout == 0
+        assert all(m.p == 0 for m in G.modules() if isinstance(m, torch.nn.Dropout))
+        torch.testing.assert_close(decoder.generate(G, z, y), decoder.generate(G, z, y), rtol=0, atol=0)
+    # The weights are the teacher's EMA weights unchanged.
+    G = decoder.init_decoder(tmp_path / "t.pt", resolution=8)
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in teacher.state_dict().items())
+    assert load_network(tmp_path / "t.pt")[0].config.dropout == 0.5  # the teacher keeps its own setting

@@ -54,20 +54,30 @@ def freeze_for_growth(net, trainable_output_blocks=None):
     return net
 
 
+def _rebuilt(net, **changes):
+    """`net` with config fields changed that leave its parameters as they are (dropout, head style)."""
+    if all(getattr(net.config, k) == v for k, v in changes.items()):
+        return net
+    out = UNet(dataclasses.replace(net.config, **changes)).to(next(net.parameters()).device)
+    out.load_state_dict(net.state_dict())
+    return out
+
+
 def init_decoder(init_path, *, resolution, channels=None, num_res_blocks=2, trainable_output_blocks=None,
                  growth_head="residual", device="cpu"):
     """The generator to train at `resolution`: the teacher (base) or the previous decoder grown to it."""
     net, _ = load_network(init_path, which="ema", device=device)
+    # No dropout in G (released code: the decoder is built with dropout 0): a teacher trained with it would
+    # otherwise keep it live in every ResBlock during training while sampling runs without it.
+    net = _rebuilt(net, dropout=0.0)
     net.requires_grad_(True)
     if net.config.out_resolution == resolution:  # Stage 2: the teacher's network, fully trainable
         return net.train()
     factor = resolution // net.config.out_resolution
     if factor * net.config.out_resolution != resolution:
         raise ValueError(f"cannot grow {net.config.out_resolution} -> {resolution}: not an integer factor")
-    if not net.config.growth and growth_head != net.config.growth_head:  # choose the head style once
-        old = net
-        net = UNet(dataclasses.replace(old.config, growth_head=growth_head)).to(device)
-        net.load_state_dict(old.state_dict())
+    if not net.config.growth:  # choose the head style once
+        net = _rebuilt(net, growth_head=growth_head)
     grown = grow(net, factor=factor, channels=channels, num_res_blocks=num_res_blocks)
     return freeze_for_growth(grown, trainable_output_blocks).train()
 
