@@ -17,6 +17,7 @@ rule prepare_data:
             channels=config["data"]["channels"],
             download_dir=config["data"]["download_dir"],
             workers=config["data"].get("workers", 8),
+            skip_unreadable=config["data"]["skip_unreadable"],
         ),
     conda:
         "../envs/pagoda.yaml"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagoda import edm
+from pagoda import adm, edm
 from pagoda.adm import ADM_IMAGENET64, adm_to_pagoda, import_adm_checkpoint, save_imported_teacher
 from pagoda.checkpoints import load_network
 from pagoda.networks import UNet, UNetConfig, num_params
@@ -420,3 +420,25 @@ def test_teacher_stage_imports_instead_of_training(tiny_data, tmp_path):
     net, _ = load_network(tmp_path / "teacher.pt", expect_kind="teacher")
     x, c, y = torch.randn(2, 1, 8, 8), torch.tensor([0.1, -0.3]), torch.tensor([1, 7])
     torch.testing.assert_close(net(x, c, y), src.eval()(x, c, y))
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_with_what_was_found(tmp_path):
+    # What a failed download or a wrong path leaves behind: HTML, an empty file, a pickled non-state-dict.
+    html = tmp_path / "edm_imagenet64_ema.pt"
+    html.write_bytes(b"<!DOCTYPE html><html>Access denied</html>")
+    with pytest.raises(ValueError, match=rf"^teacher checkpoint {html} is not an ADM/EDM checkpoint \(expected a "
+                                         r"torch.save'd state dict of tensors, e.g. edm_imagenet64_ema.pt\); found a "
+                                         r"41-byte file starting with b'<!DOCTYPE html><html>Access deni' \(not a file "
+                                         r"torch.save writes\); torch.load raised UnpicklingError$"):
+        adm.read_adm_state_dict(html)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"found a 0-byte file starting with b'' \(not a file torch.save writes\)"):
+        adm.read_adm_state_dict(empty)
+    torch.save({"model": object}, tmp_path / "pickled.pt")  # a pickled class, not tensors: weights_only refuses it
+    with pytest.raises(ValueError, match=r"\(a torch zip archive\); torch.load raised UnpicklingError$"):
+        adm.read_adm_state_dict(tmp_path / "pickled.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=rf"^teacher checkpoint {tmp_path}/list.pt: expected a state dict, got list "
+                                         r"\(expected an ADM/EDM state dict\)$"):
+        adm.read_adm_state_dict(tmp_path / "list.pt")

@@ -33,16 +33,32 @@ def fake_download(monkeypatch, cls):
     monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
 
 
-def test_missing_data_error_names_all_three_ways(tmp_path, monkeypatch):
+def test_missing_data_error_names_both_ways_and_a_named_folder_is_never_replaced(tmp_path, monkeypatch):
     class Offline:
         def __init__(self, *a, **k):
             raise RuntimeError("no network")
     fake_download(monkeypatch, Offline)
     with pytest.raises(data.DataNotFoundError) as e:
-        data.locate_fashion_mnist(tmp_path / "nothing", download_dir=tmp_path / "dl",
-                                  debian_dir=tmp_path / "no-debian")
+        data.locate_fashion_mnist(None, download_dir=tmp_path / "dl", debian_dir=tmp_path / "no-debian")
     msg = str(e.value)
     assert "data.root" in msg and "dataset-fashion-mnist" in msg and "torchvision" in msg and "no network" in msg
+
+
+def test_a_named_data_root_must_exist_and_hold_the_files(tiny_fmnist, tmp_path, monkeypatch):
+    """A folder the user names is used or the run stops naming it: no fallback to the Debian package."""
+    fake_download(monkeypatch, lambda *a, **k: pytest.fail("must not download"))
+    debian = tmp_path / "debian"
+    shutil.copytree(tiny_fmnist, debian)
+    with pytest.raises(data.DataNotFoundError, match=rf"^data.root = '{tmp_path}/typo' does not exist\. "):
+        data.locate_fashion_mnist(tmp_path / "typo", download_dir=tmp_path / "dl", debian_dir=debian)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataNotFoundError, match=rf"^data.root = '{tmp_path}/empty' holds no Fashion-MNIST IDX "
+                                                     r"files .*train-images-idx3-ubyte.*data.root: null"):
+        data.locate_fashion_mnist(str(tmp_path / "empty"), download_dir=tmp_path / "dl", debian_dir=debian)
+    with pytest.raises(data.DataNotFoundError, match=rf"^data.root = '{tmp_path}/typo' does not exist \(source "
+                                                     r"'fashion_mnist'\)$"):
+        data.build_dataset(tmp_path / "out", resolutions=[8], root=tmp_path / "typo")
+    assert not (tmp_path / "out").exists()  # stopped before any work
 
 
 def test_locate_prefers_the_configured_folder(tiny_fmnist):
@@ -50,8 +66,8 @@ def test_locate_prefers_the_configured_folder(tiny_fmnist):
 
 
 def test_data_sources_are_tried_in_order(tiny_fmnist, tmp_path, monkeypatch):
-    """The config's folder, then the Debian package, then torchvision's download: each only when the ones
-    before it have nothing."""
+    """The config's folder if named (only it), else the Debian package, then torchvision's download: each only
+    when the ones before it have nothing."""
     downloads = []
 
     class FakeDownload:  # writes the IDX files where torchvision would
@@ -165,16 +181,16 @@ def image_tree(tmp_path):
 
 
 def test_image_folder_loader_uses_adm_preprocessing_and_sorted_classes(image_tree):
-    images, labels, classes = data.load_image_folder(image_tree, 16)
-    assert classes == ["ant", "zebra"]
+    images, labels, classes, skipped = data.load_image_folder(image_tree, 16)
+    assert classes == ["ant", "zebra"] and skipped == []
     assert labels.tolist() == [0, 0, 0, 1, 1]
     assert images.shape == (5, 3, 16, 16) and images.dtype == np.uint8
-    paths, _, _ = data.list_image_folder(image_tree)
+    paths, _, _, _ = data.list_image_folder(image_tree)
     for img, path in zip(images, paths):
         expected = adm_reference(Image.open(path).convert("RGB"), 16)
         assert np.array_equal(img.transpose(1, 2, 0), expected)
-    grey, _, _ = data.load_image_folder(image_tree, 8, channels=1, max_images=2)
-    assert grey.shape == (2, 1, 8, 8)
+    grey, y, _, _ = data.load_image_folder(image_tree, 8, channels=1, max_images=2)
+    assert grey.shape == (2, 1, 8, 8) and y.tolist() == [0, 1]  # one of each class, not the first two files
 
 
 def test_image_folder_errors(tmp_path):
@@ -220,7 +236,7 @@ def test_imagenet_source_streams_adm_preprocessing_at_each_resolution(imagenet_t
     images, labels, classes = data.load_dataset(out, "train", 16)
     assert isinstance(images, data.StreamedImages) and images.shape == (4, 3, 16, 16) and len(images) == 4
     assert classes == ("n01440764", "n01443537", "n01484850") and labels.tolist() == [0, 0, 1, 2]
-    paths, _, _ = data.list_image_folder(imagenet_tree)
+    paths, _, _, _ = data.list_image_folder(imagenet_tree)
     for r in (8, 16):
         stream, _, _ = data.load_dataset(out, "train", r)
         for i, path in enumerate(paths):  # each resolution straight from the JPEG, as the released code does
@@ -349,24 +365,22 @@ def test_missing_data_error_lists_each_way_exactly(tmp_path, monkeypatch):
                 raise RuntimeError("no network")
     fake_download(monkeypatch, Download)
     head = "Fashion-MNIST was not found. Tried, in order:\n"
-    tail = "\nProvide it in any of these three ways and run again."
+    tail = "\nInstall the package, allow the download, or name the folder as data.root, and run again."
     debian = tmp_path / "no-debian"
-    line2 = f"  2. the Debian package dataset-fashion-mnist ({debian}): not installed " \
+    line1 = f"  1. the Debian package dataset-fashion-mnist ({debian}): not installed " \
             "(sudo apt-get install dataset-fashion-mnist)"
-    root, dl = str(tmp_path / "nothing"), tmp_path / "dl"
-    for fail, line3 in ((True, f"  3. torchvision's download into {dl}: failed (RuntimeError: no network)"),
-                        (False, f"  3. torchvision's download into {dl}: finished without the IDX files")):
+    dl = tmp_path / "dl"
+    for fail, line2 in ((True, f"  2. torchvision's download into {dl}: failed (RuntimeError: no network)"),
+                        (False, f"  2. torchvision's download into {dl}: finished without the IDX files")):
         with pytest.raises(data.DataNotFoundError) as e:
-            data.locate_fashion_mnist(root, download_dir=dl, debian_dir=debian)
-        line1 = f"  1. the folder named in the config (data.root = '{root}'): no IDX files there"
-        assert str(e.value) == head + "\n".join([line1, line2, line3]) + tail
+            data.locate_fashion_mnist(None, download_dir=dl, debian_dir=debian)
+        assert str(e.value) == head + "\n".join([line1, line2]) + tail
     # Both splits are asked for, train first, each time (the first failure stops the attempt).
     assert calls == [(str(dl), True, True), (str(dl), True, True), (str(dl), False, True)]
     with pytest.raises(data.DataNotFoundError) as e:
         data.locate_fashion_mnist(None, debian_dir=debian)
     assert str(e.value) == head + "\n".join([
-        "  1. a folder named in the config (data.root): not set", line2,
-        "  3. torchvision's download: not attempted (no download folder given)"]) + tail
+        line1, "  2. torchvision's download: not attempted (no download folder given)"]) + tail
 
 
 # ----------------------------------------------------------------------------
@@ -399,9 +413,10 @@ def test_image_folder_dataset_defaults_to_grey_and_describes_every_split(image_t
     for split in ("train", "test"):
         for r in (8, 16):
             x, y, classes = data.load_dataset(out, split, r)
-            assert x.shape == (4, 1, r, r) and classes == ("ant", "zebra", "zzz") and y.tolist() == [0, 0, 0, 1]
+            # 4 of 5 images: a balanced subset (2 + 2), not the first four files (3 + 1)
+            assert x.shape == (4, 1, r, r) and classes == ("ant", "zebra", "zzz") and y.tolist() == [0, 0, 1, 1]
             rows.append({"split": split, "resolution": r, "images": 4, "shape": f"1x{r}x{r}", "min": int(x.min()),
-                         "max": int(x.max()), "mean": round(float(x.mean()), 2), "classes": 3, "per class": "0-3"})
+                         "max": int(x.max()), "mean": round(float(x.mean()), 2), "classes": 3, "per class": "0-2"})
     table = data.describe_dataset(out, [8, 16])
     assert table.to_dict("records") == rows
     with pytest.raises(ValueError, match=r"^unknown data source 'foo' \(fashion_mnist, image_folder or imagenet\)$"):
@@ -411,8 +426,9 @@ def test_image_folder_dataset_defaults_to_grey_and_describes_every_split(image_t
 def test_build_dataset_passes_root_and_download_folder_to_the_search(tiny_fmnist, tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(data, "locate_fashion_mnist", lambda *a, **k: asked.append((a, k)) or tiny_fmnist)
-    data.build_dataset(tmp_path / "out", resolutions=[32], root="cfg-root", download_dir="dl")
-    assert asked == [(("cfg-root",), {"download_dir": "dl"})]
+    (tmp_path / "cfg-root").mkdir()
+    data.build_dataset(tmp_path / "out", resolutions=[32], root=tmp_path / "cfg-root", download_dir="dl")
+    assert asked == [((tmp_path / "cfg-root",), {"download_dir": "dl"})]
 
 
 def test_dataset_path_prefers_arrays_over_a_stream_description(tmp_path):
@@ -436,7 +452,7 @@ def test_stream_index_and_description_on_disk(imagenet_tree, tmp_path):
         "root": str(imagenet_tree.resolve()), "channels": 3,
         "classes": ["n01440764", "n01443537", "n01484850"], "labels": [0, 0, 1, 2],
         "files": ["n01440764/n01440764_0.JPEG", "n01440764/n01440764_1.JPEG", "n01443537/n01443537_0.JPEG",
-                  "n01484850/n01484850_0.JPEG"]}
+                  "n01484850/n01484850_0.JPEG"], "skipped": []}
     out = tmp_path / "data"
     data.build_dataset(out, resolutions=[8], source="imagenet", root=imagenet_tree, test_root=imagenet_tree,
                        channels=1, workers=3)
@@ -447,7 +463,7 @@ def test_stream_index_and_description_on_disk(imagenet_tree, tmp_path):
 
 
 def test_streamed_images_index_like_arrays(imagenet_tree):
-    paths, _, _ = data.list_image_folder(imagenet_tree)
+    paths, _, _, _ = data.list_image_folder(imagenet_tree)
     stream = data.StreamedImages(imagenet_tree, [p.relative_to(imagenet_tree) for p in paths], 8)
     one = [data.load_image(p, 8) for p in paths]
     assert stream.shape == (4, 3, 8, 8) and one[2].shape == (3, 8, 8)  # RGB by default
@@ -477,3 +493,41 @@ def test_describe_streamed_dataset_uses_an_evenly_spaced_sample_of_256(tmp_path)
     sample = values[[int(i * 299 / 255) for i in range(256)]]  # i * (N - 1) / 255, rounded down
     assert row["images"] == 300 and row["shape"] == "1x4x4" and row["per class"] == "300-300"
     assert row["mean"] == round(float(sample.mean()), 2) and row["min"] == sample.min() and row["max"] == sample.max()
+
+
+def test_unreadable_images_stop_indexing_with_one_list_or_are_skipped_and_counted(imagenet_tree, tmp_path, capsys):
+    bad = [imagenet_tree / "n01443537" / "n01443537_9.JPEG", imagenet_tree / "n01484850" / "broken.png"]
+    bad[0].write_bytes(b"<html>not found</html>")  # what a failed download leaves
+    good = (imagenet_tree / "n01440764" / "n01440764_0.JPEG").read_bytes()
+    bad[1].write_bytes(good[:len(good) // 2])  # a truncated file: the header reads, the stream does not
+    with pytest.raises(data.UnreadableImagesError) as e:
+        data.list_image_folder(imagenet_tree)
+    msg = str(e.value)
+    assert msg.startswith(f"2 of 6 image files under {imagenet_tree} cannot be read:\n")
+    assert f"  {bad[0]}: UnidentifiedImageError" in msg and f"  {bad[1]}: " in msg
+    assert msg.endswith("set data.skip_unreadable: true to leave them out.")
+    paths, labels, _, skipped = data.list_image_folder(imagenet_tree, skip_unreadable=True)
+    assert [p for p, _ in skipped] == [str(b) for b in bad] and len(paths) == 4 and labels.tolist() == [0, 0, 1, 2]
+    out = tmp_path / "data"
+    with pytest.raises(data.UnreadableImagesError):
+        data.build_dataset(out, resolutions=[8], source="imagenet", root=imagenet_tree, test_root=imagenet_tree)
+    data.build_dataset(out, resolutions=[8], source="imagenet", root=imagenet_tree, test_root=imagenet_tree,
+                       skip_unreadable=True)
+    assert "train: left out 2 unreadable image files" in capsys.readouterr().out
+    index = json.loads((out / "train_index.json").read_text())
+    assert [s["file"] for s in index["skipped"]] == [str(b) for b in bad] and len(index["files"]) == 4
+    stream, _, _ = data.load_dataset(out, "train", 8)
+    assert stream[np.arange(4)].shape == (4, 1, 8, 8)  # every indexed file decodes
+
+
+def test_balanced_subset_is_random_and_covers_classes_evenly_in_every_prefix():
+    labels = np.repeat(np.arange(5), [40, 40, 3, 40, 40])  # sorted by class, like an image-folder index
+    s = data.balanced_subset(labels, 50, seed=0)
+    assert len(set(s.tolist())) == 50
+    counts = np.bincount(labels[s], minlength=5)
+    assert counts[2] == 3 and sorted(np.delete(counts, 2).tolist()) == [11, 12, 12, 12]  # the small class: all
+    for k in (5, 10, 15):  # every prefix is balanced while each class has items left
+        assert np.bincount(labels[s[:k]], minlength=5).tolist() == [k // 5] * 5
+    assert not np.array_equal(s, data.balanced_subset(labels, 50, seed=1))
+    assert np.array_equal(s, data.balanced_subset(labels, 50, seed=0))
+    assert sorted(data.balanced_subset(labels, 500).tolist()) == list(range(163))  # all of them at most

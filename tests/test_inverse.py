@@ -3,6 +3,7 @@
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -195,6 +196,20 @@ def test_class_transfer_scores_the_judges_predictions_against_the_target_labels(
     assert t.ssim_same_label == pytest.approx(1.0) and t.ssim_to_source < 1 and t.n_images == n
     assert len(names) == 4 and all(name != f"c{int(y)}" for name, y in zip(names, labels[:4]))
     torch.testing.assert_close(shown["same label"], x[:4])
+    assert pd.isna(t.silhouette_iou)  # flat grey images have no dark background: no silhouette is reported
+
+
+def test_dark_background_tells_fashion_mnist_from_photographs(tiny_fmnist):
+    from pagoda import data
+    fm = data.to_model(data.load_fashion_mnist(tiny_fmnist, "train")[0])
+    assert inverse.dark_background(fm)
+    photo = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert not inverse.dark_background(photo)
+    x = -torch.ones(2, 1, 12, 12)
+    x[:, :, 2:10, 2:10] = 1  # an object filling all but the 2-pixel frame: still a dark background
+    assert inverse.dark_background(x)
+    x[:, :, 0, :] = 1  # the top row lit: 12 of the 80 frame pixels (15%) are bright
+    assert not inverse.dark_background(x)
 
 
 # ----------------------------------------------------------------------------

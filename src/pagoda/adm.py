@@ -49,11 +49,24 @@ _DDP_PREFIX = "module."
 # Reading.
 
 
+def _describe_file(path, head=32):
+    """What a file that is not a checkpoint looks like: its size, its first bytes and whether torch wrote it."""
+    path = pathlib.Path(path)
+    with open(path, "rb") as f:
+        start = f.read(head)
+    kind = ("a torch zip archive" if start.startswith(b"PK\x03\x04") else
+            "a pickle" if start.startswith(b"\x80") else "not a file torch.save writes")
+    return f"a {path.stat().st_size}-byte file starting with {start!r} ({kind})"
+
+
 def _load(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except TypeError:  # torch < 1.13 has no weights_only
-        return torch.load(path, map_location="cpu")
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        # torch's own text suggests weights_only=False, which is unsafe and no help for a file like this one.
+        raise ValueError(f"teacher checkpoint {path} is not an ADM/EDM checkpoint (expected a torch.save'd state dict "
+                         f"of tensors, e.g. edm_imagenet64_ema.pt); found {_describe_file(path)}; torch.load raised "
+                         f"{type(e).__name__}") from e
 
 
 def _normalise(state):
@@ -78,7 +91,12 @@ def read_adm_state_dict(path):
     if not pathlib.Path(path).exists():
         raise FileNotFoundError(f"teacher checkpoint {path} not found: download edm_imagenet64_ema.pt as "
                                 "README.md ('Running at paper scale') describes, or set teacher.import_path")
-    return _normalise(_load(path))
+    try:
+        return _normalise(_load(path))
+    except ValueError as e:
+        if str(e).startswith("teacher checkpoint"):
+            raise
+        raise ValueError(f"teacher checkpoint {path}: {e} (expected an ADM/EDM state dict)") from e
 
 
 # ----------------------------------------------------------------------------

@@ -31,6 +31,10 @@ class DataNotFoundError(FileNotFoundError):
     pass
 
 
+class UnreadableImagesError(ValueError):
+    pass
+
+
 # ----------------------------------------------------------------------------
 # The project's one resampling operator.
 
@@ -104,23 +108,26 @@ def _idx_folder_ok(folder):
 
 
 def locate_fashion_mnist(root=None, *, download_dir=None, debian_dir=FASHION_MNIST_DEBIAN_DIR):
-    """Find Fashion-MNIST's IDX files: `root`, then the Debian package, then torchvision's download.
+    """Find Fashion-MNIST's IDX files: in `root` when the config names one (there only: a folder the user
+    names is never silently replaced), else the Debian package, then torchvision's download.
 
     Returns the folder holding the four IDX files (gzipped or not).
     """
-    tried = []
     if root is not None:
-        if _idx_folder_ok(root):
-            return pathlib.Path(root)
-        for sub in ("FashionMNIST/raw", "fashion-mnist"):
-            if _idx_folder_ok(pathlib.Path(root) / sub):
-                return pathlib.Path(root) / sub
-        tried.append(f"  1. the folder named in the config (data.root = {root!r}): no IDX files there")
-    else:
-        tried.append("  1. a folder named in the config (data.root): not set")
+        root = pathlib.Path(root)
+        if not root.is_dir():
+            raise DataNotFoundError(f"data.root = '{root}' does not exist. Name the folder that holds Fashion-MNIST's "
+                                    "IDX files, or set data.root: null to use the Debian package or the download.")
+        for folder in (root, root / "FashionMNIST" / "raw", root / "fashion-mnist"):
+            if _idx_folder_ok(folder):
+                return folder
+        raise DataNotFoundError(f"data.root = '{root}' holds no Fashion-MNIST IDX files (looked in it, FashionMNIST/raw "
+                                f"and fashion-mnist for {', '.join(s for pair in FASHION_MNIST_FILES.values() for s in pair)}"
+                                ", each optionally .gz). Set data.root: null to use the Debian package or the download.")
+    tried = []
     if _idx_folder_ok(debian_dir):
         return pathlib.Path(debian_dir)
-    tried.append(f"  2. the Debian package dataset-fashion-mnist ({debian_dir}): not installed "
+    tried.append(f"  1. the Debian package dataset-fashion-mnist ({debian_dir}): not installed "
                  "(sudo apt-get install dataset-fashion-mnist)")
     if download_dir is not None:
         try:
@@ -130,13 +137,13 @@ def locate_fashion_mnist(root=None, *, download_dir=None, debian_dir=FASHION_MNI
             raw = pathlib.Path(download_dir) / "FashionMNIST" / "raw"
             if _idx_folder_ok(raw):
                 return raw
-            tried.append(f"  3. torchvision's download into {download_dir}: finished without the IDX files")
+            tried.append(f"  2. torchvision's download into {download_dir}: finished without the IDX files")
         except Exception as e:  # network errors come in many types
-            tried.append(f"  3. torchvision's download into {download_dir}: failed ({type(e).__name__}: {e})")
+            tried.append(f"  2. torchvision's download into {download_dir}: failed ({type(e).__name__}: {e})")
     else:
-        tried.append("  3. torchvision's download: not attempted (no download folder given)")
+        tried.append("  2. torchvision's download: not attempted (no download folder given)")
     raise DataNotFoundError("Fashion-MNIST was not found. Tried, in order:\n" + "\n".join(tried) +
-                            "\nProvide it in any of these three ways and run again.")
+                            "\nInstall the package, allow the download, or name the folder as data.root, and run again.")
 
 
 def load_fashion_mnist(folder, split):
@@ -166,8 +173,29 @@ def center_crop_arr(pil_image, resolution):
     return arr[top:top + resolution, left:left + resolution]
 
 
-def list_image_folder(root):
-    """(paths, labels, class_names): one class per sorted subfolder, files sorted within it."""
+def read_error(path):
+    """None if PIL decodes the image file, else why not ("ExceptionType: message").
+
+    JPEGs decode at 1/8 scale (PIL's draft mode), which still reads every byte of the stream, so a
+    truncated file is caught at an eighth of the cost of a full decode."""
+    try:
+        with Image.open(path) as img:
+            img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+    except Exception as e:  # PIL raises many types on a bad file
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def list_image_folder(root, *, skip_unreadable=False, workers=8):
+    """(paths, labels, class_names, skipped): one class per sorted subfolder, files sorted within it.
+
+    Every file is decoded once here, so that a bad one stops the data stage with one message listing
+    every unreadable file instead of a training job hours later; with `skip_unreadable` they are left
+    out and returned as `skipped` [(path, reason)].
+    """
+    if root is None:
+        raise DataNotFoundError("data.root must name the image folder (<root>/<class>/<image>)")
     root = pathlib.Path(root)
     if not root.is_dir():
         raise DataNotFoundError(f"image folder {root} does not exist")
@@ -181,7 +209,17 @@ def list_image_folder(root):
         labels += [label] * len(files)
     if not paths:
         raise DataNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-    return paths, np.array(labels, dtype=np.int64), classes
+    with ThreadPoolExecutor(max(1, int(workers))) as pool:  # PIL decodes outside the GIL
+        errors = list(pool.map(read_error, paths))
+    skipped = [(str(p), e) for p, e in zip(paths, errors) if e is not None]
+    if skipped and not skip_unreadable:
+        raise UnreadableImagesError(f"{len(skipped)} of {len(paths)} image files under {root} cannot be read:\n" +
+                                    "\n".join(f"  {p}: {e}" for p, e in skipped) +
+                                    "\nReplace or delete them, or set data.skip_unreadable: true to leave them out.")
+    keep = [e is None for e in errors]
+    paths = [p for p, k in zip(paths, keep) if k]
+    labels = [lbl for lbl, k in zip(labels, keep) if k]
+    return paths, np.array(labels, dtype=np.int64), classes, skipped
 
 
 def load_image(path, resolution, channels=3):
@@ -191,13 +229,14 @@ def load_image(path, resolution, channels=3):
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_image_folder(root, resolution, *, channels=3, max_images=None):
-    """uint8 images (N, C, R, R) with ADM preprocessing, int64 labels and the class names."""
-    paths, labels, classes = list_image_folder(root)
+def load_image_folder(root, resolution, *, channels=3, max_images=None, skip_unreadable=False, workers=8):
+    """uint8 images (N, C, R, R) with ADM preprocessing, int64 labels, the class names and the skipped files."""
+    paths, labels, classes, skipped = list_image_folder(root, skip_unreadable=skip_unreadable, workers=workers)
     if max_images is not None:
-        paths, labels = paths[:max_images], labels[:max_images]
+        keep = np.sort(balanced_subset(labels, max_images))
+        paths, labels = [paths[i] for i in keep], labels[keep]
     images = np.stack([load_image(p, resolution, channels) for p in paths])
-    return images, labels, classes
+    return images, labels, classes, skipped
 
 
 # ----------------------------------------------------------------------------
@@ -241,12 +280,14 @@ def as_images(images):
     return images if isinstance(images, StreamedImages) else torch.as_tensor(images)
 
 
-def write_stream_index(out_dir, split, root, *, channels=3):
-    """{out_dir}/{split}_index.json: every image file under root (relative paths), labels, classes."""
-    paths, labels, classes = list_image_folder(root)
+def write_stream_index(out_dir, split, root, *, channels=3, skip_unreadable=False, workers=8):
+    """{out_dir}/{split}_index.json: every readable image file under root (relative paths), labels, classes,
+    and the files left out as unreadable."""
+    paths, labels, classes, skipped = list_image_folder(root, skip_unreadable=skip_unreadable, workers=workers)
     root = pathlib.Path(root).resolve()
     index = {"root": str(root), "channels": channels, "classes": list(classes), "labels": labels.tolist(),
-             "files": [str(pathlib.Path(p).resolve().relative_to(root)) for p in paths]}
+             "files": [str(pathlib.Path(p).resolve().relative_to(root)) for p in paths],
+             "skipped": [{"file": p, "error": e} for p, e in skipped]}
     path = pathlib.Path(out_dir) / f"{split}_index.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(index))
@@ -264,21 +305,39 @@ def dataset_path(data_dir, split, resolution):
     return stream if stream.exists() and not npz.exists() else npz
 
 
+def check_named_folders(source, root, test_root):
+    """Stop before any work if a folder the config names does not exist (no silent fallback)."""
+    if source in ("image_folder", "imagenet"):
+        for key, folder in (("root", root), ("test_root", test_root)):
+            if folder is None:
+                raise DataNotFoundError(f"data.{key} must name a folder for source {source!r} (<folder>/<class>/<image>)")
+    for key, folder in (("root", root), ("test_root", test_root)):
+        if folder is not None and not pathlib.Path(folder).is_dir():
+            raise DataNotFoundError(f"data.{key} = '{folder}' does not exist (source {source!r})")
+
+
 def build_dataset(out_dir, *, resolutions, source="fashion_mnist", root=None, test_root=None,
-                  channels=1, max_images=None, download_dir=None, workers=8):
+                  channels=1, max_images=None, download_dir=None, workers=8, skip_unreadable=False):
     """Write {out_dir}/{split}_{R}.npz (images uint8 (N, C, R, R), labels) for every R in `resolutions`.
 
     Full-size images come from the source; every lower resolution is their `resize` by this project's
     one operator. source="imagenet" streams instead: {split}_index.json lists the files once and
     {split}_{R}.json describes the stream at R (ADM preprocessing per resolution, `StreamedImages`).
-    Returns {(split, R): path}.
+    Image folders are checked file by file first (`list_image_folder`); unreadable files stop the stage
+    or, with `skip_unreadable`, are left out and counted. Returns {(split, R): path}.
     """
+    if source not in ("fashion_mnist", "image_folder", "imagenet"):
+        raise ValueError(f"unknown data source {source!r} (fashion_mnist, image_folder or imagenet)")
+    check_named_folders(source, root, test_root)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    folders = (("train", root), ("test", test_root))
     if source == "imagenet":
         written = {}
-        for split, folder in (("train", root), ("test", test_root)):
-            index = write_stream_index(out_dir, split, folder, channels=channels)
+        for split, folder in folders:
+            index = write_stream_index(out_dir, split, folder, channels=channels, skip_unreadable=skip_unreadable,
+                                       workers=workers)
+            _report_skipped(split, folder, json.loads(index.read_text())["skipped"])
             for r in resolutions:
                 path = out_dir / f"{split}_{r}.json"
                 path.write_text(json.dumps({"index": index.name, "resolution": r, "workers": workers}))
@@ -289,14 +348,14 @@ def build_dataset(out_dir, *, resolutions, source="fashion_mnist", root=None, te
         splits = {s: load_fashion_mnist(folder, s) for s in ("train", "test")}
         classes = FASHION_MNIST_CLASSES
         size = FASHION_MNIST_SIZE
-    elif source == "image_folder":
+    else:
         size = max(resolutions)
         splits = {}
-        for split, folder in (("train", root), ("test", test_root)):
-            images, labels, classes = load_image_folder(folder, size, channels=channels, max_images=max_images)
+        for split, folder in folders:
+            images, labels, classes, skipped = load_image_folder(folder, size, channels=channels, max_images=max_images,
+                                                                 skip_unreadable=skip_unreadable, workers=workers)
+            _report_skipped(split, folder, skipped)
             splits[split] = (images, labels)
-    else:
-        raise ValueError(f"unknown data source {source!r} (fashion_mnist, image_folder or imagenet)")
     check_resolutions(resolutions, size)
     written = {}
     for split, (images, labels) in splits.items():
@@ -307,6 +366,11 @@ def build_dataset(out_dir, *, resolutions, source="fashion_mnist", root=None, te
             os.replace(tmp, path)
             written[(split, r)] = path
     return written
+
+
+def _report_skipped(split, folder, skipped):
+    if skipped:
+        print(f"{split}: left out {len(skipped)} unreadable image files under {folder} (data.skip_unreadable)")
 
 
 def load_dataset(data_dir, split, resolution):
@@ -339,6 +403,26 @@ def describe_dataset(data_dir, resolutions, splits=("train", "test")):
                          "max": int(images.max()), "mean": round(float(images.mean()), 2),
                          "classes": len(classes), "per class": f"{counts.min()}-{counts.max()}"})
     return pd.DataFrame(rows)
+
+
+def balanced_subset(labels, n, *, seed=0):
+    """Indices of min(n, N) items drawn at random without replacement, spread over the classes as evenly as
+    their counts allow, in an order whose every prefix is balanced too.
+
+    Image-folder indexes are sorted by class, so their first n items cover only the first classes; every
+    subset the study takes goes through here instead. Each class is shuffled, its items ranked 0, 1, ...
+    and all items ordered by rank (ties in a random order).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    order = rng.permutation(len(labels))
+    rank = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = order[labels[order] == c]  # this class in random order
+        rank[members] = np.arange(len(members))
+    tiebreak = np.empty(len(labels), dtype=np.int64)
+    tiebreak[order] = np.arange(len(labels))
+    return np.lexsort((tiebreak, rank))[:n]
 
 
 def examples_per_class(labels, per_class, num_classes):

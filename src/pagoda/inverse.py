@@ -209,6 +209,14 @@ def ssim(x, ref, *, sigma=1.5):
                          for i in range(len(a))])
 
 
+def dark_background(x, *, border=2, level=-0.9, fraction=0.9):
+    """Whether images in [-1, 1] lie on a black background (Fashion-MNIST): at least `fraction` of the pixels
+    in a `border`-pixel frame darker than `level`. Foreground masks by threshold only mean something then."""
+    frame = torch.ones(x.shape[-2:], dtype=torch.bool)
+    frame[border:-border, border:-border] = False
+    return bool(((x[..., frame] < level).float().mean() >= fraction).item())
+
+
 def feature_distance(features, ref_features):
     """Per image, ||f/|f| - g/|g|||^2 between feature vectors (numpy, N x D): LPIPS' unit normalisation,
     so the value lies in [0, 4] and does not reward feature magnitude."""

@@ -142,12 +142,14 @@ def class_transfer(ctx, *, examples=8):
     fg = lambda a: a > -0.5  # noqa: E731  foreground of dark-background images
     inter = (fg(moved) & fg(x)).flatten(1).sum(1).float()
     union = (fg(moved) | fg(x)).flatten(1).sum(1).float().clamp_min(1)
+    # A silhouette by threshold exists only on a dark background (Fashion-MNIST), not on photographs.
+    silhouette = float((inter / union).mean()) if inverse.dark_background(x) else None
     table = pd.DataFrame([{
         "target_accuracy": float((pred == target).float().mean()),
         "source_label_rate": float((pred == ctx.labels.cpu()).float().mean()),
         "ssim_to_source": float(inverse.ssim(moved, x).mean()),
         "ssim_same_label": float(inverse.ssim(kept, x).mean()),
-        "silhouette_iou": float((inter / union).mean()),
+        "silhouette_iou": silhouette,
         "judge_test_accuracy": ctx.judge_meta["test_accuracy"],
         "n_images": len(ctx.x)}])
     shown = {"source": x[:examples], "same label": kept[:examples], "other label": moved[:examples]}
