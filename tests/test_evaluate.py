@@ -11,7 +11,7 @@ import torch
 
 from pagoda import decoder, evaluate, judge, loop, metrics, sampling, swd
 from pagoda.checkpoints import load_network, save_network
-from pagoda.data import load_dataset, resize_uint8, to_uint8
+from pagoda.data import balanced_subset, load_dataset, resize_uint8, to_uint8
 
 SWD_KW = dict(swd_min_resolution=8, swd_descriptors_per_image=4, swd_projections=16)
 
@@ -156,13 +156,14 @@ def test_real_image_rows_are_the_test_images(tiny_data):
     test16, labels16, _ = load_dataset(tiny_data, "test", 16)
     images, labels, nfe, ips = evaluate.method_images("data_test", 16, base_resolution=8, n=5, seed=0,
                                                       data_dir=tiny_data)
-    assert np.array_equal(images, test16[:5]) and np.array_equal(labels, labels16[:5])
-    assert nfe is None and ips is None
+    subset = balanced_subset(labels16, 5, seed=0)  # random and class-balanced, not the first 5 of the folder
+    assert np.array_equal(images, test16[subset]) and np.array_equal(labels, labels16[subset])
+    assert len(set(labels.tolist())) == 5 and nfe is None and ips is None
     # data_bicubic: the same images at the base resolution, upsampled back.
     images, labels, nfe, ips = evaluate.method_images("data_bicubic", 16, base_resolution=8, n=5, seed=0,
                                                       data_dir=tiny_data)
-    assert np.array_equal(images, resize_uint8(test8[:5], 16)) and images.shape == (5, 1, 16, 16)
-    assert np.array_equal(labels, labels8[:5]) and nfe is None and ips is None
+    assert np.array_equal(images, resize_uint8(test8[subset], 16)) and images.shape == (5, 1, 16, 16)
+    assert np.array_equal(labels, labels8[subset]) and nfe is None and ips is None
     with pytest.raises(ValueError, match=r"unknown method 'vae'; known: \('data_test'"):
         evaluate.method_images("vae", 8, base_resolution=8, n=5, seed=0, data_dir=tiny_data)
 
@@ -210,8 +211,8 @@ def test_reference_statistics_of_a_random_subset(tiny_data, judges, tmp_path, mo
     ref = evaluate.load_reference(out)
     assert [p.name for p in out.parent.iterdir()] == ["reference_8.npz"]
     assert [str(p) for p in written] == [str(out) + ".tmp.npz"]
-    images, _, _ = load_dataset(tiny_data, "train", 8)
-    idx = np.sort(np.random.default_rng(3).choice(40, 25, replace=False))
+    images, labels, _ = load_dataset(tiny_data, "train", 8)
+    idx = balanced_subset(labels, 25, seed=3)  # class-balanced, and so is every prefix score takes
     subset = images[idx]
     net, meta = judge.load_judge(judges / "8" / "judge.pt")
     jf = judge.image_features(net, subset)
@@ -233,7 +234,8 @@ def test_reference_statistics_defaults_take_every_image_of_a_small_set(tiny_data
     evaluate.reference_statistics(data_dir=tiny_data, resolution=8, out_path=tmp_path / "r.npz",
                                   judge_path=judges / "8" / "judge.pt", inception_dir=tmp_path)
     ref = evaluate.load_reference(tmp_path / "r.npz")
-    images, _, _ = load_dataset(tiny_data, "train", 8)
+    images, labels, _ = load_dataset(tiny_data, "train", 8)
+    images = images[balanced_subset(labels, 40, seed=0)]  # all 40, in balanced order
     assert ref["n_images"] == 40 and ref["feature_size"] == 64 and "inception_mu" not in ref
     assert np.array_equal(ref["swd_images"], images[np.random.default_rng(1).permutation(40)])
     ef = metrics.extract_features(images, metrics.EffNetFeatures(64))
@@ -302,7 +304,8 @@ def test_evaluate_writes_the_record_and_the_samples(tiny_data, judges, eval_dir,
     record = evaluate.evaluate("data_test", 16, out_path=tmp_path / "r.json", samples_path=tmp_path / "s" / "s.npz",
                                n_samples=12, **kw)
     assert json.loads((tmp_path / "r.json").read_text()) == record
-    images = load_dataset(tiny_data, "test", 16)[0][:12]
+    test, labels, _ = load_dataset(tiny_data, "test", 16)
+    images = test[balanced_subset(labels, 12, seed=1)]
     samples = evaluate.load_samples(tmp_path / "s" / "s.npz")
     assert np.array_equal(samples["images"], images) and np.isnan(samples["nfe"])
     expected = evaluate.score(images, evaluate.load_reference(eval_dir / "reference_16.npz"),
@@ -326,7 +329,8 @@ def test_evaluate_defaults_match_the_score_defaults(tiny_data, judges, eval_dir,
     record = evaluate.evaluate("data_test", 16, resolutions=[16], reference_path=eval_dir / "reference_16_64.npz",
                                judge_path=judges / "16" / "judge.pt", out_path=tmp_path / "r.json",
                                samples_path=tmp_path / "s.npz", data_dir=tiny_data)
-    images = load_dataset(tiny_data, "test", 16)[0]
+    test, labels, _ = load_dataset(tiny_data, "test", 16)
+    images = test[balanced_subset(labels, 2000, seed=0)]  # all 20, in the balanced order
     expected = evaluate.score(images, ref, judge_net=judge.load_judge(judges / "16" / "judge.pt")[0])
     assert record["n_samples"] == 20 and record["feature_size"] == 64  # every one of the 20 test images
     for key, v in expected.items():

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from . import judge, layout, loop, metrics, swd
-from .data import load_dataset, resize_uint8, to_uint8
+from .data import balanced_subset, load_dataset, resize_uint8, to_uint8
 from .judge import load_judge
 from .sampling import class_labels, load_sampler, seeds_for
 
@@ -56,8 +56,9 @@ def reference_statistics(*, data_dir, resolution, out_path, judge_path, n_images
     their mean/covariance: in the resolution's judge (the study's independent view) and in EfficientNet-lite0
     (the decoder's training space); Inception statistics if clean-fid's file exists; and `swd_images`
     random images of the same subset as pixels, the real side of the sliced Wasserstein distance."""
-    images, _, _ = load_dataset(data_dir, "train", resolution)
-    idx = np.sort(np.random.default_rng(seed).choice(len(images), min(n_images, len(images)), replace=False))
+    images, labels, _ = load_dataset(data_dir, "train", resolution)
+    # A class-balanced random subset, in an order whose prefixes are balanced too (`score` takes the first n).
+    idx = balanced_subset(labels, n_images, seed=seed)
     t0 = time.time()
     subset = np.asarray(images[idx])
     judge_net, judge_meta = load_judge(judge_path, device)
@@ -109,7 +110,8 @@ def method_images(method, resolution, *, base_resolution, n, seed, data_dir, tea
     if method in ("data_test", "data_bicubic"):
         src = resolution if method == "data_test" else base_resolution
         images, labels, _ = load_dataset(data_dir, "test", src)
-        images, labels = images[:n], labels[:n]
+        subset = balanced_subset(labels, n, seed=seed)  # the same images at every resolution
+        images, labels = np.asarray(images[subset]), labels[subset]
         if method == "data_bicubic":
             images = resize_uint8(images, resolution)
         return images, labels, None, None

@@ -25,7 +25,7 @@ from . import edm, inverse, loop, metrics
 from .checkpoints import load_network
 from .judge import features as judge_features
 from .judge import load_judge, predict
-from .data import load_dataset, resize, to_model
+from .data import balanced_subset, load_dataset, resize, to_model
 from .losses import ReconstructionDistance
 from .sampling import image_noise, seeds_for
 
@@ -42,8 +42,9 @@ class Context:
         self.base = self.G.config.img_resolution
         self.top = self.G.config.out_resolution
         images, labels, self.classes = load_dataset(data_dir, "test", self.top)
-        self.x = to_model(images[:n_images]).to(device)
-        self.labels = torch.as_tensor(labels[:n_images]).to(device)
+        subset = balanced_subset(labels, n_images, seed=seed)  # not the first n: folders are sorted by class
+        self.x = to_model(np.asarray(images[subset])).to(device)
+        self.labels = torch.as_tensor(labels[subset]).to(device)
         self.num_points, self.seed = num_points, seed
         self.effnet_distance = ReconstructionDistance("feature", input_size=feature_size, augment=False).to(device)
         self.judge, self.judge_meta = load_judge(judge_path, device)
