@@ -16,7 +16,7 @@ from . import diffaug, edm, loop
 from .checkpoints import load_network, save_network
 from .data import as_images, dataset_path, load_dataset, to_model
 from .discriminator import ProjectedDiscriminator
-from .encode import list_shards, load_latents
+from .encode import ShardedArray, list_shards, load_latents
 from .features import feature_networks
 from .losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
 from .growth import grow
@@ -93,6 +93,11 @@ def _slice_params(params, sl):
     return {k: (v[sl] if torch.is_tensor(v) else v) for k, v in params.items()}
 
 
+def _indexable(arrays):
+    """Memory-mapped shard arrays as they are, everything else as tensors."""
+    return {k: v if isinstance(v, ShardedArray) else torch.as_tensor(v) for k, v in arrays.items()}
+
+
 def _flip_where(x, flip):
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
@@ -111,11 +116,11 @@ class DecoderTask:
             raise ValueError(f"objective {objective!r} needs noise -> teacher-sample pairs")
         self.G, self.D, self.distance = G.to(device), D.to(device), distance.to(device)
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.latents = {k: torch.as_tensor(v) for k, v in latents.items()}
+        self.latents = _indexable(latents)  # z stays memory-mapped (encode.ShardedArray): rows are read per batch
         self.targets = as_images(targets)            # uint8 (N, C, R, R), indexed by latents["index"]
         self.train_images = as_images(train_images)  # uint8, the GAN's real images
         self.train_labels = torch.as_tensor(train_labels)
-        self.pairs = {k: torch.as_tensor(v) for k, v in pairs.items()} if pairs is not None else None
+        self.pairs = _indexable(pairs) if pairs is not None else None
         self.objective, self.batch_size, self.gan_weight = objective, batch_size, gan_weight
         self.weighting, self.ema_decay, self.sigma_max, self.device = weighting, ema_decay, sigma_max, device
         self.g_params = [p for p in self.G.parameters() if p.requires_grad]
@@ -148,12 +153,13 @@ class DecoderTask:
         terms = []
         if self.objective in ("reconstruction", "both"):
             i = torch.randint(len(self.latents["z"]), (n,), generator=generator, device=generator.device).cpu()[sl]
-            z, y = self.latents["z"][i].to(self.device), self.latents["labels"][i]
+            z, y = torch.as_tensor(self.latents["z"][i]).to(self.device), self.latents["labels"][i]
             x = _flip_where(to_model(self.targets[self.latents["index"][i]]), self.latents["flip"][i])
             terms.append((z, y, x.to(self.device)))
         if self.objective in ("distillation", "both"):
             j = torch.randint(len(self.pairs["z"]), (n,), generator=generator, device=generator.device).cpu()[sl]
-            terms.append((self.pairs["z"][j].to(self.device), self.pairs["labels"][j], self.pairs["x"][j].to(self.device)))
+            terms.append((torch.as_tensor(self.pairs["z"][j]).to(self.device), self.pairs["labels"][j],
+                          torch.as_tensor(self.pairs["x"][j]).to(self.device)))
         res = terms[0][2].shape[-1]
         params = diffaug.sample_params(n, res, generator=generator, device=generator.device)
         loss = 0

@@ -10,7 +10,9 @@ sample pairs for the L_dstl ablation (paper Fig. 5).
 import argparse
 import json
 import pathlib
+import struct
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -110,21 +112,99 @@ def list_shards(out_dir, prefix="shard"):
     return sorted(pathlib.Path(out_dir).glob(f"{prefix}-*.npz"))
 
 
+def memmap_npz(path, key):
+    """Array `key` of an uncompressed .npz (np.savez) as a read-only np.memmap: nothing is read until indexed.
+
+    np.load ignores mmap_mode for .npz files; a stored zip member is one contiguous .npy file, so the array
+    starts after the member's local header and its .npy header.
+    """
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"{path}: {key} is compressed and cannot be memory-mapped (write shards with np.savez)")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the local file header: name and extra-field lengths at bytes 26-29
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{path}: {key} has .npy format version {version}, not 1.0 or 2.0")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+class ShardedArray:
+    """Several arrays (memory-mapped shards) as one (N, ...) array: indexing reads only the rows asked for.
+
+    Indices may be ints, slices, numpy arrays or CPU tensors; the result is a numpy array, one flat batch
+    in index order for an index of any shape (as `data.StreamedImages`).
+    """
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.offsets[-1]), *self.parts[0].shape[1:])
+        self.dtype = self.parts[0].dtype
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
+        idx = np.asarray(idx)
+        scalar, idx = idx.ndim == 0, idx.reshape(-1).astype(np.int64)
+        idx = np.where(idx < 0, idx + len(self), idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} rows")
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        for s in np.unique(shard):
+            rows = shard == s
+            out[rows] = self.parts[s][idx[rows] - self.offsets[s]]
+        return out[0] if scalar else out
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+
 def load_latents(out_dir, prefix="shard"):
-    """All shards concatenated: {'z', 'labels', 'index', 'flip'} (or the pair arrays for prefix='pairs')."""
+    """All shards as one set: {'z', 'labels', 'index', 'flip'} (or the pair arrays for prefix='pairs').
+
+    The large arrays (z; x of the pairs) stay on disk as a `ShardedArray` of memory maps, so memory per
+    training process does not grow with the dataset (ImageNet: 2.5M latents, 126 GB) and DDP ranks share
+    the page cache; the per-latent scalars (labels, index, flip) are concatenated in memory.
+    """
     shards = list_shards(out_dir, prefix)
     if not shards:
         raise FileNotFoundError(f"no {prefix}-*.npz in {out_dir}: run the encode stage first")
-    parts = [dict(np.load(p)) for p in shards]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if parts[0][k].ndim}
+    with np.load(shards[0]) as f:
+        keys = [k for k in f.files if f[k].ndim]
+        images = [k for k in keys if f[k].ndim == 4]
+    out = {}
+    for k in keys:
+        if k in images:
+            out[k] = ShardedArray([memmap_npz(p, k) for p in shards])
+        else:
+            out[k] = np.concatenate([np.load(p)[k] for p in shards])
+    return out
 
 
 def latent_summary(out_dir):
-    """Statistics of the stored latents (std near sigma_max for a good teacher)."""
+    """Statistics of the stored latents (std near sigma_max for a good teacher), one shard in memory at a time."""
     lat = load_latents(out_dir)
     z = lat["z"]
-    return {"latents": int(len(z)), "images": int(len(np.unique(lat["index"]))), "z_std": float(z.std()),
-            "z_mean": float(z.mean()), "z_std_over_sigma_max": float(z.std() / edm.SIGMA_MAX)}
+    n, s1, s2 = 0, 0.0, 0.0
+    for part in z.parts:
+        part = np.asarray(part, dtype=np.float64)
+        n, s1, s2 = n + part.size, s1 + part.sum(), s2 + np.square(part).sum()
+    mean = s1 / n
+    std = float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
+    return {"latents": int(len(z)), "images": int(len(np.unique(lat["index"]))), "z_std": std,
+            "z_mean": float(mean), "z_std_over_sigma_max": std / edm.SIGMA_MAX}
 
 
 @torch.no_grad()
