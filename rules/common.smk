@@ -176,6 +176,8 @@ def evaluation_parameters(wildcards):
         swd_descriptors_per_image=ev["swd_descriptors_per_image"],
         swd_projections=ev["swd_projections"],
         inception_dir=ev["inception_dir"],
+        keep_samples=ev["keep_samples"],
+        batch_size=ev["batch_size"],
         seed=config["seed"],
         device=config["device"],
     )

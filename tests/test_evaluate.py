@@ -135,33 +135,49 @@ def test_samples_round_trip_with_and_without_labels_and_speed(tmp_path, monkeypa
 # ----------------------------------------------------------------------------
 # Images of each method.
 
-def test_timed_samples_warm_up_then_time_the_full_call(monkeypatch):
-    calls = []
+def test_image_stream_makes_chunks_on_demand_and_times_only_their_making(monkeypatch):
+    made = []
 
-    def sampler(labels, seeds):
-        calls.append((list(labels), list(seeds)))
-        return "images", 7
-    monkeypatch.setattr(evaluate, "time", fake_clock(10.0, 12.0))
-    labels, seeds = list(range(40)), list(range(100, 140))
-    assert evaluate._timed_samples(sampler, labels, seeds) == ("images", 7, 20.0)  # 40 images in 2 s
-    assert calls == [(labels[:32], seeds[:32]), (labels, seeds)]
-    calls.clear()
-    monkeypatch.setattr(evaluate, "time", fake_clock(0.0, 4.0))
-    assert evaluate._timed_samples(sampler, labels, seeds, warmup=3)[2] == 10.0
-    assert calls[0] == (labels[:3], seeds[:3])
+    def make(b, e):
+        made.append((b, e))
+        return np.full((e - b, 1, 2, 2), b, np.uint8)
+    monkeypatch.setattr(evaluate, "time", fake_clock(10.0, 12.0, 20.0, 21.0, 30.0, 31.0))
+    stream = evaluate.ImageStream(make, 10, chunk=4, seconds_before=1.0)
+    assert len(stream) == 10 and made == []  # nothing is made before it is asked for
+    chunks = list(stream)
+    assert made == [(0, 4), (4, 8), (8, 10)] and [len(c) for c in chunks] == [4, 4, 2]
+    assert stream.seconds == 1.0 + 2 + 1 + 1 and stream.images_per_sec() == 10 / 5.0
+    monkeypatch.setattr(evaluate, "time", fake_clock(0.0, 0.0, 0.0, 0.0))
+    real = evaluate.ImageStream(make, 3, chunk=2, timed=False)
+    assert np.asarray(real).shape == (3, 1, 2, 2) and real.images_per_sec() is None
+
+
+def test_generators_are_warmed_up_before_the_timed_chunks(tiny_teacher, decoder_dir, monkeypatch):
+    calls = []
+    real = evaluate.load_sampler
+
+    def spy(*a, **k):
+        sampler, meta = real(*a, **k)
+        return (lambda labels, seeds: calls.append(len(seeds)) or sampler(labels, seeds)), meta
+    monkeypatch.setattr(evaluate, "load_sampler", spy)
+    images, _, nfe = evaluate.method_images("pagoda", 8, base_resolution=8, n=10, seed=0, data_dir=None,
+                                            decoder_path=decoder_dir / "8" / "decoder.pt", batch_size=4, warmup=3)
+    assert calls == [3] and nfe == 1  # the warm-up call, before any timed one
+    np.asarray(images)
+    assert calls == [3, 4, 4, 2] and images.images_per_sec() > 0
 
 
 def test_real_image_rows_are_the_test_images(tiny_data):
     test8, labels8, _ = load_dataset(tiny_data, "test", 8)
     test16, labels16, _ = load_dataset(tiny_data, "test", 16)
-    images, labels, nfe, ips = evaluate.method_images("data_test", 16, base_resolution=8, n=5, seed=0,
-                                                      data_dir=tiny_data)
+    images, labels, nfe = evaluate.method_images("data_test", 16, base_resolution=8, n=5, seed=0, data_dir=tiny_data)
+    images, ips = np.asarray(images), images.images_per_sec()
     subset = balanced_subset(labels16, 5, seed=0)  # random and class-balanced, not the first 5 of the folder
     assert np.array_equal(images, test16[subset]) and np.array_equal(labels, labels16[subset])
     assert len(set(labels.tolist())) == 5 and nfe is None and ips is None
     # data_bicubic: the same images at the base resolution, upsampled back.
-    images, labels, nfe, ips = evaluate.method_images("data_bicubic", 16, base_resolution=8, n=5, seed=0,
-                                                      data_dir=tiny_data)
+    images, labels, nfe = evaluate.method_images("data_bicubic", 16, base_resolution=8, n=5, seed=0, data_dir=tiny_data)
+    images, ips = np.asarray(images), images.images_per_sec()
     assert np.array_equal(images, resize_uint8(test8[subset], 16)) and images.shape == (5, 1, 16, 16)
     assert np.array_equal(labels, labels8[subset]) and nfe is None and ips is None
     with pytest.raises(ValueError, match=r"unknown method 'vae'; known: \('data_test'"):
@@ -173,12 +189,14 @@ def test_generator_rows_draw_the_evaluation_seeds(tiny_data, tiny_teacher, decod
     kw = dict(base_resolution=8, n=4, seed=2, data_dir=tiny_data, teacher_path=tiny_teacher, decoder_path=decoder_path)
     seeds = sampling.seeds_for(4, 1002)  # evaluation seeds sit EVAL_SEED_OFFSET above the training ones
     labels = torch.arange(4)
-    images, lab, nfe, ips = evaluate.method_images("teacher_ode", 8, num_points=3, batch_size=3, **kw)
+    stream, lab, nfe = evaluate.method_images("teacher_ode", 8, num_points=3, batch_size=3, **kw)
+    images, ips = np.asarray(stream), stream.images_per_sec()
     net, _ = load_network(tiny_teacher)
     expected, _ = sampling.sample_teacher(net, labels, seeds=seeds, num_points=3)
     assert images.dtype == np.uint8 and np.array_equal(images, to_uint8(expected).numpy())
     assert lab.tolist() == [0, 1, 2, 3] and nfe == 5 and ips > 0  # Heun on 3 points: 2 * 3 - 1 evaluations
-    images, lab, nfe, ips = evaluate.method_images("pagoda", 8, **kw)
+    images, lab, nfe = evaluate.method_images("pagoda", 8, **kw)
+    images = np.asarray(images)
     G, meta = load_network(decoder_path)
     expected, _ = sampling.sample_decoder(G, labels, seeds=seeds)
     assert np.array_equal(images, to_uint8(expected).numpy()) and lab.tolist() == [0, 1, 2, 3] and nfe == 1
@@ -188,13 +206,15 @@ def test_bicubic_rows_upsample_the_base_samples_and_add_their_time(monkeypatch):
     base = {"images": np.random.default_rng(0).integers(0, 256, (10, 1, 8, 8), dtype=np.uint8),
             "labels": np.arange(10), "nfe": 79.0, "images_per_sec": 5.0}
     monkeypatch.setattr(evaluate, "time", fake_clock(100.0, 102.0))
-    images, labels, nfe, ips = evaluate.method_images("teacher_ode_bicubic", 16, base_resolution=8, n=10, seed=0,
-                                                      data_dir=None, base_samples=base)
+    stream, labels, nfe = evaluate.method_images("teacher_ode_bicubic", 16, base_resolution=8, n=10, seed=0,
+                                                 data_dir=None, base_samples=base)
+    images = np.asarray(stream)
     assert np.array_equal(images, resize_uint8(base["images"], 16)) and labels is base["labels"] and nfe == 79.0
-    assert ips == 2.5  # 10 images: 2 s to generate at 5/s, then 2 s to upsample
+    assert stream.images_per_sec() == 2.5  # 10 images: 2 s to generate at 5/s, then 2 s to upsample
     monkeypatch.setattr(evaluate, "time", fake_clock(0.0, 0.0))
-    assert evaluate.method_images("stage2_bicubic", 32, base_resolution=8, n=10, seed=0, data_dir=None,
-                                  base_samples=base)[3] == 5.0
+    stream = evaluate.method_images("stage2_bicubic", 32, base_resolution=8, n=10, seed=0, data_dir=None,
+                                    base_samples=base)[0]
+    assert np.asarray(stream).shape == (10, 1, 32, 32) and stream.images_per_sec() == 5.0
 
 
 # ----------------------------------------------------------------------------
@@ -414,12 +434,33 @@ def test_the_device_and_batch_sizes_reach_every_network(tiny_data, tiny_teacher,
         seen.clear()
         record = evaluate.evaluate("teacher_ode", 8, device="cuda:7", **kw,
                                    **({} if batch_size is None else {"batch_size": batch_size}))
-        # Evaluation scores in the feature network's own batches (score's default), whatever the sampler's.
-        assert seen == [("sampler", gpu, 3, batch_size or 500), ("judge", gpu), ("to", gpu), ("features", 250, gpu),
-                        ("inception", "weights", gpu), ("name", gpu)]
+        # Evaluation scores in the feature network's own batches (score's default), whatever the sampler's, one
+        # chunk of the sampler's batch size at a time (6 images: 2 chunks of at most 4, or one of at most 500).
+        chunks = 2 if batch_size == 4 else 1
+        assert seen == [("sampler", gpu, 3, batch_size or 500), ("judge", gpu), ("to", gpu),
+                        *[("features", 250, gpu), ("inception", "weights", gpu)] * chunks, ("name", gpu)]
         assert record["device"] == "a GPU" and record["fid_inception"] > 0
     seen.clear()
     evaluate.score(np.zeros((6, 1, 8, 8), np.uint8), evaluate.load_reference(tmp_path / "ref.npz"),
                    judge_net=real_load_judge(judges / "8" / "judge.pt")[0], feature_size=32, batch_size=3,
                    inception_dir="weights", device="cuda:7", **SWD_KW)
     assert seen == [("to", "cuda:7"), ("features", 3, "cuda:7"), ("inception", "weights", "cuda:7")]
+
+
+def test_evaluation_streams_chunks_and_keeps_a_few_samples_above_the_base(tiny_data, judges, eval_dir, tmp_path):
+    # At 512 px, 50k samples are 39 GB: a row is made and scored chunk by chunk, and above the base resolution
+    # the samples file keeps only the first keep_samples (the base keeps all: the bicubic rows upsample them).
+    kw = dict(resolutions=[8, 16], reference_path=eval_dir / "reference_16.npz", judge_path=judges / "16" / "judge.pt",
+              data_dir=tiny_data, feature_size=32, k=2, seed=1, device="cpu", n_samples=12, **SWD_KW)
+    streamed = evaluate.evaluate("data_test", 16, out_path=tmp_path / "a.json", samples_path=tmp_path / "a.npz",
+                                 batch_size=5, keep_samples=4, **kw)
+    whole = evaluate.evaluate("data_test", 16, out_path=tmp_path / "b.json", samples_path=tmp_path / "b.npz", **kw)
+    for key, v in whole.items():
+        assert streamed[key] == (pytest.approx(v, rel=1e-5) if isinstance(v, float) else v), key
+    kept, every = evaluate.load_samples(tmp_path / "a.npz"), evaluate.load_samples(tmp_path / "b.npz")
+    assert np.array_equal(kept["images"], every["images"][:4]) and len(every["images"]) == 12
+    assert np.array_equal(kept["labels"], every["labels"][:4])
+    base = evaluate.evaluate("data_test", 8, out_path=tmp_path / "c.json", samples_path=tmp_path / "c.npz",
+                             batch_size=5, keep_samples=4, **{**kw, "reference_path": eval_dir / "reference_8.npz",
+                                                               "judge_path": judges / "8" / "judge.pt"})
+    assert base["n_samples"] == 12 and len(evaluate.load_samples(tmp_path / "c.npz")["images"]) == 12

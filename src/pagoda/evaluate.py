@@ -91,41 +91,64 @@ def load_reference(path):
 # ----------------------------------------------------------------------------
 # Images of each method.
 
-def _timed_samples(sampler, labels, seeds, *, warmup=32):
-    """Samples and images/s measured after a warm-up call (same job, same device)."""
-    sampler(labels[:warmup], seeds[:warmup])
-    t0 = time.time()
-    images, nfe = sampler(labels, seeds)
-    return images, nfe, len(seeds) / (time.time() - t0)
+class ImageStream:
+    """One row's uint8 images (n, C, R, R), made `chunk` at a time when iterated: a 512-px row of 50k images
+    (39 GB) never sits in memory. `np.asarray` gives them all at once (small sets). The time spent making them
+    (generating, upsampling) is measured while iterating, plus `seconds_before` spent elsewhere (the base
+    samples a bicubic row upsamples); `timed=False` for real images, which have no speed."""
+
+    def __init__(self, make, n, *, chunk, timed=True, seconds_before=0.0):
+        self.make, self.n, self.chunk, self.timed = make, n, max(1, int(chunk)), timed
+        self.seconds = seconds_before
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for b in range(0, self.n, self.chunk):
+            t0 = time.time()
+            images = self.make(b, min(b + self.chunk, self.n))
+            self.seconds += time.time() - t0
+            yield images
+
+    def __array__(self, dtype=None, copy=None):
+        images = np.concatenate(list(self))
+        return images if dtype is None else images.astype(dtype)
+
+    def images_per_sec(self):
+        """Images per second of making them (None for real images); valid once the stream has been iterated."""
+        return self.n / self.seconds if self.timed else None
 
 
 def method_images(method, resolution, *, base_resolution, n, seed, data_dir, teacher_path=None, decoder_path=None,
-                  base_samples=None, num_points=40, batch_size=500, device="cpu"):
-    """(uint8 images (n, C, R, R), labels, nfe, images_per_sec) for one row of the table.
+                  base_samples=None, num_points=40, batch_size=500, warmup=32, device="cpu"):
+    """(uint8 images as an `ImageStream` of chunks of `batch_size`, labels, nfe) for one row of the table.
 
     `base_samples`: for the *_bicubic rows of generators, the record of the method at the base
     resolution ({"images", "labels", "nfe", "images_per_sec"}) whose images are upsampled here.
+    Generators are warmed up on `warmup` images first, so that the speed excludes one-time costs.
     """
     seeds = seeds_for(n, EVAL_SEED_OFFSET + seed)
     if method in ("data_test", "data_bicubic"):
         src = resolution if method == "data_test" else base_resolution
         images, labels, _ = load_dataset(data_dir, "test", src)
         subset = balanced_subset(labels, n, seed=seed)  # the same images at every resolution
-        images, labels = np.asarray(images[subset]), labels[subset]
-        if method == "data_bicubic":
-            images = resize_uint8(images, resolution)
-        return images, labels, None, None
+        up = (lambda x: x) if method == "data_test" else (lambda x: resize_uint8(x, resolution))  # noqa: E731
+        make = lambda b, e: up(np.asarray(images[subset[b:e]]))  # noqa: E731
+        return ImageStream(make, len(subset), chunk=batch_size, timed=False), labels[subset], None
     if method in ("teacher_ode", "pagoda"):
         path = teacher_path if method == "teacher_ode" else decoder_path
         sampler, meta = load_sampler(path, device=device, num_points=num_points, batch_size=batch_size)
         labels = class_labels(n, meta["num_classes"])
-        images, nfe, ips = _timed_samples(sampler, labels, seeds)
-        return to_uint8(images).numpy(), (labels.numpy() if labels is not None else None), nfe, ips
+        chunk_labels = (lambda b, e: None) if labels is None else (lambda b, e: labels[b:e])  # noqa: E731
+        _, nfe = sampler(chunk_labels(0, warmup), seeds[:warmup])
+        make = lambda b, e: to_uint8(sampler(chunk_labels(b, e), seeds[b:e])[0]).numpy()  # noqa: E731
+        return ImageStream(make, n, chunk=batch_size), (labels.numpy() if labels is not None else None), nfe
     if method in ("teacher_ode_bicubic", "stage2_bicubic"):
-        t0 = time.time()
-        images = resize_uint8(base_samples["images"], resolution)
-        per_image = len(images) / base_samples["images_per_sec"] + (time.time() - t0)
-        return images, base_samples["labels"], base_samples["nfe"], len(images) / per_image
+        base = base_samples["images"]
+        make = lambda b, e: resize_uint8(base[b:e], resolution)  # noqa: E731
+        return (ImageStream(make, len(base), chunk=batch_size, seconds_before=len(base) / base_samples["images_per_sec"]),
+                base_samples["labels"], base_samples["nfe"])
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 
@@ -151,55 +174,80 @@ def score(images, reference, *, judge_net, feature_size=64, k=3, swd_min_resolut
           device="cpu"):
     """Every metric of one row: in the judge's features (fd_judge, kid_judge, precision/recall/density/
     coverage_judge, k-NN with k = `k`), in pixels (swd: mean over the Laplacian levels, swd_finest), in the
-    training space (fd_effnet, precision, recall, density, coverage) and fid_inception or None."""
+    training space (fd_effnet, precision, recall, density, coverage) and fid_inception or None.
+
+    `images`: one uint8 array or an iterable of such chunks (an `ImageStream`): only features, and as many
+    images as the reference keeps for the SWD, are held across chunks."""
     if int(reference["feature_size"]) != feature_size:
         raise ValueError(f"reference features were computed at {int(reference['feature_size'])} px, not {feature_size}")
-    images = np.asarray(images)
-    n = len(images)
-    judge_feats = judge.image_features(judge_net, images)
+    chunks = [np.asarray(images)] if isinstance(images, np.ndarray) else images
+    effnet = metrics.EffNetFeatures(feature_size).to(device)
+    n_swd = len(reference["swd_images"])
+    judge_feats, feats, inc_feats, swd_images = [], [], [], []
+    for chunk in chunks:
+        judge_feats.append(judge.image_features(judge_net, chunk))
+        feats.append(metrics.extract_features(chunk, effnet, batch_size=batch_size, device=device))
+        if "inception_mu" in reference:
+            inc_feats.append(metrics.inception_features(chunk, inception_dir=inception_dir, device=device))
+        kept = sum(map(len, swd_images))
+        if kept < n_swd:
+            swd_images.append(chunk[:n_swd - kept])
+    judge_feats, feats = np.concatenate(judge_feats), np.concatenate(feats)
+    n = len(feats)
     out = {"fd_judge": metrics.frechet_distance(metrics.statistics(judge_feats),
                                                 (reference["judge_mu"], reference["judge_sigma"])),
            "kid_judge": metrics.kernel_distance(judge_feats, reference["judge_features"], seed=seed)}
     prdc = metrics.precision_recall(reference["judge_features"][:n].astype(np.float64), judge_feats, k=k)
     out.update({f"{key}_judge": v for key, v in prdc.items()})
-    levels = swd.multiscale_swd(images[:len(reference["swd_images"])], reference["swd_images"], min_resolution=swd_min_resolution,
+    levels = swd.multiscale_swd(np.concatenate(swd_images), reference["swd_images"], min_resolution=swd_min_resolution,
                                 descriptors_per_image=swd_descriptors_per_image, n_projections=swd_projections,
                                 seed=seed)
     out["swd"], out["swd_finest"] = levels.pop("swd"), levels.pop("swd_finest")
     out["swd_levels"] = {str(r): v for r, v in levels.items()}
-    feats = metrics.extract_features(images, metrics.EffNetFeatures(feature_size).to(device), batch_size=batch_size,
-                                     device=device)
     out["fd_effnet"] = metrics.frechet_distance(metrics.statistics(feats),
                                                 (reference["effnet_mu"], reference["effnet_sigma"]))
     out.update(metrics.precision_recall(reference["effnet_features"][:n].astype(np.float64), feats, k=k))
     out["fid_inception"] = None
-    if "inception_mu" in reference:
-        inc = metrics.inception_features(images, inception_dir=inception_dir, device=device)
-        if inc is not None:
-            out["fid_inception"] = metrics.frechet_distance(metrics.statistics(inc),
-                                                            (reference["inception_mu"], reference["inception_sigma"]))
+    if inc_feats and inc_feats[0] is not None:  # None: no Inception weights at hand
+        out["fid_inception"] = metrics.frechet_distance(metrics.statistics(np.concatenate(inc_feats)),
+                                                        (reference["inception_mu"], reference["inception_sigma"]))
     return out
+
+
+def _keeping(chunks, n, kept):
+    """Pass the chunks on, appending the first `n` images to `kept` on the way."""
+    for chunk in chunks:
+        have = sum(map(len, kept))
+        if have < n:
+            kept.append(chunk[:n - have])
+        yield chunk
 
 
 def evaluate(method, resolution, *, resolutions, reference_path, judge_path, out_path, samples_path, n_samples=2000,
              seed=0, data_dir, teacher_path=None, decoder_path=None, base_samples_path=None, num_points=40,
              feature_size=64, k=3, swd_min_resolution=16, swd_descriptors_per_image=128, swd_projections=512,
-             inception_dir=None, batch_size=500, device="auto"):
-    """Make (or upsample) the method's images, score them, write the JSON record and the samples."""
+             inception_dir=None, keep_samples=2000, batch_size=500, device="auto"):
+    """Make (or upsample) the method's images chunk by chunk, score them, write the JSON record and the samples.
+
+    The samples file keeps every image at the base resolution (the bicubic rows upsample them) and the first
+    `keep_samples` above it (sample grids, the placement check): memory stays at one chunk of images."""
     if not applies(method, resolution, resolutions):
         raise ValueError(f"{method} has no row at resolution {resolution} (resolutions {resolutions})")
     device = loop.resolve_device(device)
     base_samples = load_samples(base_samples_path) if base_samples_path else None
-    images, labels, nfe, ips = method_images(method, resolution, base_resolution=resolutions[0], n=n_samples,
-                                             seed=seed, data_dir=data_dir, teacher_path=teacher_path,
-                                             decoder_path=decoder_path, base_samples=base_samples,
-                                             num_points=num_points, batch_size=batch_size, device=device)
-    save_samples(samples_path, images, labels, nfe, ips)
-    record = {"method": method, "resolution": resolution, "nfe": nfe, "n_samples": int(len(images)),
-              **score(images, load_reference(reference_path), judge_net=load_judge(judge_path, device)[0],
-                      feature_size=feature_size, k=k, swd_min_resolution=swd_min_resolution,
-                      swd_descriptors_per_image=swd_descriptors_per_image, swd_projections=swd_projections,
-                      inception_dir=inception_dir, seed=seed, device=device),
+    images, labels, nfe = method_images(method, resolution, base_resolution=resolutions[0], n=n_samples, seed=seed,
+                                        data_dir=data_dir, teacher_path=teacher_path, decoder_path=decoder_path,
+                                        base_samples=base_samples, num_points=num_points, batch_size=batch_size,
+                                        device=device)
+    keep = len(images) if resolution == resolutions[0] else min(len(images), keep_samples)
+    kept = []
+    scores = score(_keeping(images, keep, kept), load_reference(reference_path),
+                   judge_net=load_judge(judge_path, device)[0], feature_size=feature_size, k=k,
+                   swd_min_resolution=swd_min_resolution, swd_descriptors_per_image=swd_descriptors_per_image,
+                   swd_projections=swd_projections, inception_dir=inception_dir, seed=seed, device=device)
+    ips = images.images_per_sec()
+    save_samples(samples_path, np.concatenate(kept), labels[:keep] if labels is not None else None, nfe, ips)
+    record = {"method": method, "resolution": resolution, "nfe": nfe, "n_samples": int(len(images)), **scores,
               "images_per_sec": ips, "device": loop.device_name(device) if ips is not None else None,
               "feature_size": feature_size}
     loop.atomic_write_json(record, out_path)
