@@ -2,7 +2,7 @@
 import json
 
 from pagoda import encode, evaluate, layout
-from pagoda.workflow import check_config
+from pagoda.workflow import check_config, notebook_parameters
 
 check_config(config)
 
@@ -27,9 +27,6 @@ def data_file(split, resolution):
     return f"{R}/data/{split}_{resolution}.{ext}"
 
 
-def notebook_parameters(**parameters):
-    """The papermill -y argument: parameters as JSON (a subset of YAML)."""
-    return json.dumps(parameters)
 
 LATENTS = f"{R}/latents/summary.json"
 # The encoder's shard files: one job each, so that a cluster runs them in parallel.

@@ -303,6 +303,10 @@ def test_placement_from_samples_on_flat_images(tmp_path):
     # Same z: every image 10 grey levels off. Shuffled (each grown image against the previous base image):
     # |10 - 240| + 5 * 60 ... = 230 + 60 + 60 + 60 + 60 + 50.
     assert p[32] == pytest.approx((10 / 255, 520 / 6 / 255), rel=1e-5)
+    # Above the base only the first evaluate.keep_samples are kept: the base is cut to match (the first 4 of 6;
+    # shuffled: |10 - 150| + 60 + 60 + 60 over 4).
+    evaluate.save_samples(tmp_path / "pagoda_32.npz", high[:4], None, 1, 900.0)
+    assert report.placement_from_samples(tmp_path, [8, 32])[32] == pytest.approx((10 / 255, 320 / 4 / 255), rel=1e-5)
 
 
 def test_inverse_claims_and_their_sentences_on_every_task():

@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 
+from pagoda import workflow
 from pagoda.workflow import check_config, check_resolution_chain
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def test_paper_scale_dry_run_with_the_slurm_profile():
     for rule in ("train_decoder", "grow_decoder"):
         decoder_job = out.stdout.split(f"rule {rule}:")[1].split("rule ")[0]
         assert "gpu=8" in decoder_job and "slurm_partition=YOUR_GPU_PARTITION" in decoder_job
-        assert '"nproc_per_node": "auto"' in decoder_job and '"backbone_source": "timm"' in decoder_job
+        assert "nproc_per_node: auto" in decoder_job and "backbone_source: timm" in decoder_job
 
 
 def test_schema_and_semantic_checks_stop_snakemake(tmp_path):
@@ -87,3 +88,15 @@ def test_schema_and_semantic_checks_stop_snakemake(tmp_path):
     bad.write_text("resolutions: [8, 12]\n")
     out = snakemake("-n", "--configfile", str(bad))
     assert out.returncode != 0 and "12 is not a growth" in (out.stderr + out.stdout)
+
+
+def test_notebook_parameters_reach_papermill_with_their_types():
+    # papermill parses -y with PyYAML (YAML 1.1): JSON's 8e-06 came back as the string '8e-06' and RAdam failed
+    # on config/imagenet.yaml's lr_g (found by the rehearsal).
+    import yaml
+    params = {"lr_g": 8e-6, "big": 1e20, "lr": 0.002, "steps": 3, "name": "1e5", "path": "results/x y",
+              "none": None, "flag": True, "stages": [{"gan_weight": 0.2, "growth_channels": None}],
+              "network": {"channel_mult": [1, 2], "dropout": 0.1}, "evaluations": [["pagoda", 16]]}
+    text = workflow.notebook_parameters(**params)
+    assert "\n" not in text and yaml.safe_load(text) == params
+    assert isinstance(yaml.safe_load(text)["lr_g"], float)

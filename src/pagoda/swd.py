@@ -10,7 +10,6 @@ stage adds; the coarsest is the Gaussian residual, i.e. layout and brightness.
 """
 
 import numpy as np
-import ot
 import torch
 import torch.nn.functional as F
 
@@ -72,6 +71,7 @@ def normalize_descriptors(desc, channels):
 def sliced_wasserstein(a, b, *, n_projections=512, seed=0):
     """Sliced Wasserstein-1 distance of two descriptor sets along `n_projections` random unit directions
     (Karras et al.: 4 repeats x 128 directions), by POT."""
+    import ot  # POT pulls in scikit-learn (~1 s): imported where used, not by every notebook that imports pagoda
     return float(ot.sliced_wasserstein_distance(a, b, n_projections=n_projections, p=1, seed=seed))
 
 

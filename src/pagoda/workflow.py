@@ -1,5 +1,7 @@
 """Checks the workflow runs on a configuration before any job starts (beyond the JSON schema)."""
 
+import yaml
+
 from .data import FASHION_MNIST_SIZE, check_resolutions
 
 GROWTH_FACTORS = (2, 4)  # per decoder stage: 2x (default) or the paper's 4x jump ablation
@@ -32,3 +34,11 @@ def check_config(config):
                          "give one stage per resolution (the teacher's first)")
     if config["decoder"]["objective"] != "reconstruction" and config["encode"]["teacher_pairs"] == 0:
         raise ValueError(f"decoder.objective = {config['decoder']['objective']} needs encode.teacher_pairs > 0")
+
+
+def notebook_parameters(**parameters):
+    """Papermill's -y argument: the parameters as one line of YAML.
+
+    Not JSON: papermill reads -y with PyYAML (YAML 1.1), which takes JSON's 8e-06 (config/imagenet.yaml's
+    lr_g) for a string; PyYAML's own writer gives 8.0e-06, read back as the float it is."""
+    return yaml.safe_dump(parameters, default_flow_style=True, width=float("inf"), sort_keys=False).strip()
