@@ -107,7 +107,7 @@ def test_gan_noise_is_fresh_prior_noise_at_sigma_max(tiny_teacher, tiny_data, la
     assert len(seen) == 2
     for z in seen:
         assert z.std().item() == pytest.approx(80.0, rel=0.02) and abs(z.mean().item()) < 1.0
-    stored = torch.as_tensor(encode.load_latents(latents)["z"])
+    stored = torch.as_tensor(np.asarray(encode.load_latents(latents)["z"]))
     assert not any(torch.equal(z[:1], s[None]) for z in seen for s in stored)  # not the encoded latents
 
 
