@@ -81,3 +81,27 @@ def test_rank_sync_check_stops_diverged_replicas(tmp_path, same):
         assert results == ["in sync", "in sync"]
     else:  # every rank stops, not only the one that diverged
         assert all("DDP ranks hold different weights" in r for r in results)
+
+
+def test_ranks_get_their_share_of_threads_in_every_threading_library(tmp_path, monkeypatch):
+    # Snakemake exports MKL_NUM_THREADS (and OpenBLAS', ...) = the job's threads; with only OMP_NUM_THREADS
+    # set per rank, torch ran each of the 2 ranks on all the job's threads (found by the rehearsal).
+    seen = {}
+
+    class FakeRun:  # stands in for torchrun: records the environment, writes rank 0's result
+        def __init__(self, cmd, env, **kw):
+            seen.update(env)
+            (tmp_path / "launch_result.json").write_text("{}")
+            self.stdout, self.returncode = iter(()), 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+    monkeypatch.setattr(launch.subprocess, "Popen", FakeRun)
+    for var in launch.THREAD_VARIABLES:
+        monkeypatch.setenv(var, "8")
+    assert launch.launch("pagoda.x:f", {}, nproc_per_node=4, work_dir=tmp_path, threads_per_process=2) == {}
+    assert {var: seen[var] for var in launch.THREAD_VARIABLES} == {var: "2" for var in launch.THREAD_VARIABLES}
+    assert set(launch.THREAD_VARIABLES) >= {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
