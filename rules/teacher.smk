@@ -16,7 +16,7 @@ if config["teacher"].get("import_path"):
             parameters=teacher_parameters(),
         conda:
             "../envs/pagoda.yaml"
-        threads: workflow.cores
+        threads: 1  # mapping the weights is one thread's work (profiles/slurm sets more for its sampling)
         shell:
             PAPERMILL
 

@@ -6,7 +6,6 @@ import pathlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 
 from .evaluate import load_samples
@@ -83,6 +82,7 @@ def read_metrics(run_dir):
 
 def loss_curves(metrics, keys, *, title=None, logy=False, smooth=5, ncols=3):
     """One panel per metric in `keys` (up to `ncols` per row), raw and smoothed (rolling mean over `smooth` rows)."""
+    import seaborn as sns  # ~0.7 s to import: only the notebooks that draw these pay it
     if metrics.empty:  # nothing trained in this run (an imported teacher)
         fig, ax = plt.subplots(figsize=(5, 1.2))
         ax.axis("off")
@@ -174,6 +174,7 @@ METRIC_TITLES = {"fd_judge": "FD, judge features", "swd": "SWD x1e3, pixels (mea
 
 def plot_metrics_vs_resolution(table, metrics, *, logy=True):
     """One panel per metric: every method against resolution (lower is better for distances)."""
+    import seaborn as sns  # ~0.7 s to import: only the notebooks that draw these pay it
     metrics = [m for m in metrics if table[m].notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -192,6 +193,7 @@ def plot_metrics_vs_resolution(table, metrics, *, logy=True):
 
 
 def plot_speed_quality(table, resolution, metric="fd_judge"):
+    import seaborn as sns  # ~0.7 s to import: only the notebooks that draw these pay it
     df = table[(table.resolution == resolution) & table.images_per_sec.notna()]
     fig, ax = plt.subplots(figsize=(5, 3.4))
     sns.scatterplot(data=df, x="images_per_sec", y=metric, hue="method", s=70, ax=ax)
