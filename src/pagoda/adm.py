@@ -91,11 +91,10 @@ def read_adm_state_dict(path):
     if not pathlib.Path(path).exists():
         raise FileNotFoundError(f"teacher checkpoint {path} not found: download edm_imagenet64_ema.pt as "
                                 "README.md ('Running at paper scale') describes, or set teacher.import_path")
+    state = _load(path)  # a file torch cannot read raises its own message
     try:
-        return _normalise(_load(path))
+        return _normalise(state)
     except ValueError as e:
-        if str(e).startswith("teacher checkpoint"):
-            raise
         raise ValueError(f"teacher checkpoint {path}: {e} (expected an ADM/EDM state dict)") from e
 
 

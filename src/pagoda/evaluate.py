@@ -182,16 +182,12 @@ def score(images, reference, *, judge_net, feature_size=64, k=3, swd_min_resolut
         raise ValueError(f"reference features were computed at {int(reference['feature_size'])} px, not {feature_size}")
     chunks = [np.asarray(images)] if isinstance(images, np.ndarray) else images
     effnet = metrics.EffNetFeatures(feature_size).to(device)
-    n_swd = len(reference["swd_images"])
     judge_feats, feats, inc_feats, swd_images = [], [], [], []
-    for chunk in chunks:
+    for chunk in _keeping(chunks, len(reference["swd_images"]), swd_images):
         judge_feats.append(judge.image_features(judge_net, chunk))
         feats.append(metrics.extract_features(chunk, effnet, batch_size=batch_size, device=device))
         if "inception_mu" in reference:
             inc_feats.append(metrics.inception_features(chunk, inception_dir=inception_dir, device=device))
-        kept = sum(map(len, swd_images))
-        if kept < n_swd:
-            swd_images.append(chunk[:n_swd - kept])
     judge_feats, feats = np.concatenate(judge_feats), np.concatenate(feats)
     n = len(feats)
     out = {"fd_judge": metrics.frechet_distance(metrics.statistics(judge_feats),
