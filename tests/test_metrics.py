@@ -89,13 +89,29 @@ class CountingExtractor(torch.nn.Module):
         return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
 
 
-def test_clean_fid_hook_sees_every_image_once_in_order():
+def test_extract_features_sees_every_image_once_in_order():
     images = np.stack([np.full((1, 8, 8), i, dtype=np.uint8) for i in range(7)])
     ext = CountingExtractor()
     f = metrics.extract_features(images, ext, batch_size=3)
-    assert f.shape == (7, 6)
-    assert f[:, 0].tolist() == list(range(7))  # order kept, last batch's wrap-around truncated
-    assert ext.seen[0] == (3, 3, 8, 8)  # grey repeated to 3 channels, no resizing
+    assert f.shape == (7, 6) and f.dtype == np.float64
+    assert f[:, 0].tolist() == list(range(7))  # order kept, the last batch short
+    assert ext.seen == [(3, 3, 8, 8), (3, 3, 8, 8), (1, 3, 8, 8)]  # grey repeated to 3 channels, no resizing
+    rgb = np.arange(24, dtype=np.uint8).reshape(2, 3, 2, 2)  # 3 channels stay as they are
+    assert metrics.extract_features(rgb, CountingExtractor())[:, 3:].tolist() == [[3, 7, 11], [15, 19, 23]]
+
+
+def test_extract_features_equal_clean_fids_loop():
+    """The same features as clean-fid's `get_model_features` with the same resizer, for both resize modes."""
+    from cleanfid import fid as cleanfid
+    images = (np.random.default_rng(0).random((5, 3, 8, 8)) * 255).astype(np.uint8)
+    for resize in (None, "clean"):
+        fn = (lambda x: x) if resize is None else cleanfid.build_resizer(resize)
+        batches = iter(torch.as_tensor(images).float().split(2))
+        clean = cleanfid.get_model_features(lambda z: next(batches), CountingExtractor(), z_dim=1, num_gen=4,
+                                            batch_size=2, device=torch.device("cpu"), verbose=False,
+                                            custom_fn_resize=fn)
+        ours = metrics.extract_features(images[:4], CountingExtractor(), batch_size=2, resize=resize)
+        np.testing.assert_allclose(ours, clean, rtol=1e-6)
 
 
 def test_effnet_features_separate_different_images():
@@ -231,16 +247,6 @@ def test_kernel_distance_is_clean_fids_with_100_subsets_of_at_most_1000_seeded_w
     # float32 features (the judges') are computed in float64.
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
     assert metrics.kernel_distance(x32, y32) == metrics.kernel_distance(x32.astype(np.float64), y32.astype(np.float64))
-
-
-def test_generator_returns_consecutive_batches_and_wraps_at_the_end():
-    images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 2, 2), dtype=np.uint8)
-    G = metrics._as_generator(images)
-    batches = [G(torch.zeros(2, 1)) for _ in range(3)]
-    assert all(b.shape == (2, 3, 2, 2) and b.dtype == torch.float32 for b in batches)
-    assert [b[:, :, 0, 0].tolist() for b in batches] == [[[0] * 3, [1] * 3], [[2] * 3, [3] * 3], [[4] * 3, [0] * 3]]
-    rgb = torch.arange(12, dtype=torch.uint8).reshape(2, 3, 2, 1)  # 3 channels stay as they are
-    assert torch.equal(metrics._as_generator(rgb)(torch.zeros(2, 1)), rgb.float())
 
 
 def test_extract_features_is_silent(capfd):
