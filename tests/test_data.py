@@ -194,6 +194,9 @@ def test_image_folder_loader_uses_adm_preprocessing_and_sorted_classes(image_tre
 
 
 def test_image_folder_errors(tmp_path):
+    with pytest.raises(data.DataNotFoundError,
+                       match=r"^data\.root must name the image folder \(<root>/<class>/<image>\)$"):
+        data.list_image_folder(None)
     with pytest.raises(data.DataNotFoundError, match="does not exist"):
         data.list_image_folder(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -531,3 +534,55 @@ def test_balanced_subset_is_random_and_covers_classes_evenly_in_every_prefix():
     assert not np.array_equal(s, data.balanced_subset(labels, 50, seed=1))
     assert np.array_equal(s, data.balanced_subset(labels, 50, seed=0))
     assert sorted(data.balanced_subset(labels, 500).tolist()) == list(range(163))  # all of them at most
+
+
+def test_read_error_decodes_jpegs_at_an_eighth_of_their_size(tmp_path, monkeypatch):
+    """The check asks PIL's draft mode for (max(1, W // 8), max(1, H // 8)), so that a JPEG is decoded at 1/8 of
+    its size (the cost the docstring promises), not in full; a file that decodes gives None."""
+    from PIL import JpegImagePlugin
+    asked, real = [], JpegImagePlugin.JpegImageFile.draft
+
+    def draft(self, mode, size):
+        asked.append(size)
+        out = real(self, mode, size)
+        asked.append(self.size)  # the size it will decode at
+        return out
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", draft)
+    for w, h in ((100, 12), (12, 100)):  # one side under 16 px: the max(1, .) floor; 100 / 8 is not whole
+        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(tmp_path / f"{w}x{h}.jpg")
+        assert data.read_error(tmp_path / f"{w}x{h}.jpg") is None
+    # 100 // 8 = 12 and 12 // 8 = 1; PIL then decodes at 1/8 (min(100 // 12, 12 // 1) = 8), rounding up.
+    assert asked == [(12, 1), (13, 2), (1, 12), (2, 13)]
+    assert all(type(v) is int for size in asked for v in size)
+
+
+def test_unreadable_files_are_listed_one_per_line_and_skipping_reaches_every_loader(tmp_path):
+    """Every unreadable file on a line of its own between the count and the advice; load_image_folder and
+    write_stream_index stop on them by default and pass skip_unreadable on; an index records why each was
+    skipped; labels stay int64 even when every file is skipped."""
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+    Image.fromarray(np.full((6, 6, 3), 50, np.uint8)).save(root / "a" / "good.png")
+    bad = [root / "a" / "x.jpg", root / "b" / "y.png"]
+    for p in bad:
+        p.write_bytes(b"<html>404</html>")
+    reasons = [f"UnidentifiedImageError: cannot identify image file {str(p)!r}" for p in bad]
+    with pytest.raises(data.UnreadableImagesError) as e:
+        data.list_image_folder(root)
+    assert str(e.value).split("\n") == [
+        f"2 of 3 image files under {root} cannot be read:", f"  {bad[0]}: {reasons[0]}", f"  {bad[1]}: {reasons[1]}",
+        "Replace or delete them, or set data.skip_unreadable: true to leave them out."]
+    with pytest.raises(data.UnreadableImagesError, match="^2 of 3 image files"):
+        data.load_image_folder(root, 4)
+    with pytest.raises(data.UnreadableImagesError, match="^2 of 3 image files"):
+        data.write_stream_index(tmp_path, "train", root)
+    images, labels, classes, skipped = data.load_image_folder(root, 4, skip_unreadable=True)
+    assert images.shape == (1, 3, 4, 4) and (images == 50).all() and labels.tolist() == [0] and classes == ["a", "b"]
+    assert skipped == [(str(bad[0]), reasons[0]), (str(bad[1]), reasons[1])]
+    index = json.loads(data.write_stream_index(tmp_path, "train", root, skip_unreadable=True).read_text())
+    assert index["files"] == ["a/good.png"] and index["labels"] == [0]
+    assert index["skipped"] == [{"file": str(bad[0]), "error": reasons[0]}, {"file": str(bad[1]), "error": reasons[1]}]
+    (root / "a" / "good.png").unlink()  # nothing readable left: no paths, and still int64 labels
+    paths, labels, _, skipped = data.list_image_folder(root, skip_unreadable=True)
+    assert paths == [] and labels.dtype == np.int64 and labels.shape == (0,) and len(skipped) == 2

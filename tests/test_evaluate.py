@@ -1,6 +1,7 @@
 """Evaluation: the rows of the table, the images of each method, the scores against direct computations,
 and the records and samples as written to disk (tiny judge, tiny teacher, tiny data)."""
 
+import dataclasses
 import json
 import types
 
@@ -9,9 +10,12 @@ import pytest
 import threadpoolctl
 import torch
 
+from conftest import TINY_NET
+
 from pagoda import decoder, evaluate, judge, loop, metrics, sampling, swd
 from pagoda.checkpoints import load_network, save_network
 from pagoda.data import balanced_subset, load_dataset, resize_uint8, to_uint8
+from pagoda.networks import UNet
 
 SWD_KW = dict(swd_min_resolution=8, swd_descriptors_per_image=4, swd_projections=16)
 
@@ -150,6 +154,82 @@ def test_image_stream_makes_chunks_on_demand_and_times_only_their_making(monkeyp
     monkeypatch.setattr(evaluate, "time", fake_clock(0.0, 0.0, 0.0, 0.0))
     real = evaluate.ImageStream(make, 3, chunk=2, timed=False)
     assert np.asarray(real).shape == (3, 1, 2, 2) and real.images_per_sec() is None
+
+
+def test_image_stream_defaults_and_dtype(monkeypatch):
+    """With no `seconds_before` only the chunks' own making is timed; a chunk of 1 (or 0, floored to 1) makes one
+    image at a time; `__array__` gives the uint8 images, or converts them to the dtype the caller asks for."""
+    made = []
+
+    def make(b, e):
+        made.append((b, e))
+        return np.full((e - b, 1, 2, 2), 200 + b, np.uint8)
+    monkeypatch.setattr(evaluate, "time", fake_clock(1.0, 1.5, 2.0, 3.0, 5.0, 5.5))
+    stream = evaluate.ImageStream(make, 3, chunk=1)
+    assert [c[:, 0, 0, 0].tolist() for c in stream] == [[200], [201], [202]]
+    assert made == [(0, 1), (1, 2), (2, 3)] and stream.images_per_sec() == 3 / (0.5 + 1.0 + 0.5)
+    monkeypatch.setattr(evaluate, "time", fake_clock(*[0.0] * 12))
+    assert [len(c) for c in evaluate.ImageStream(make, 2, chunk=0)] == [1, 1]
+    stream = evaluate.ImageStream(make, 3, chunk=2)
+    as_float = stream.__array__(np.float32)  # the array protocol as a consumer may call it, with a dtype
+    assert as_float.dtype == np.float32 and as_float[:, 0, 0, 0].tolist() == [200.0, 200.0, 202.0]
+    as_is = stream.__array__()
+    assert as_is.dtype == np.uint8 and as_is.shape == (3, 1, 2, 2)
+
+
+def test_generators_warm_up_on_32_images_and_pair_each_label_with_its_seed(decoder_dir, monkeypatch):
+    """Unless told otherwise, the warm-up runs on 32 images, before any timed chunk; the sampler is handed the
+    labels of exactly the seeds it draws (class i % 10 for image i), in the warm-up and in every chunk."""
+    calls = []
+    real = evaluate.load_sampler
+
+    def spy(*a, **k):
+        sampler, meta = real(*a, **k)
+        return (lambda labels, seeds: calls.append((labels.tolist(), list(seeds))) or sampler(labels, seeds)), meta
+    monkeypatch.setattr(evaluate, "load_sampler", spy)
+    stream, labels, _ = evaluate.method_images("pagoda", 8, base_resolution=8, n=34, seed=0, data_dir=None,
+                                               decoder_path=decoder_dir / "8" / "decoder.pt", batch_size=20)
+    seeds = (np.arange(34) + 1000 * 1_000_000).tolist()
+    assert calls == [([i % 10 for i in range(32)], seeds[:32])]
+    assert len(np.asarray(stream)) == 34 and labels.tolist() == [i % 10 for i in range(34)]
+    assert calls[1:] == [([i % 10 for i in range(20)], seeds[:20]), ([i % 10 for i in range(20, 34)], seeds[20:])]
+
+
+def test_unconditional_generator_rows_have_no_labels(tmp_path):
+    """A teacher without classes samples with labels None, and its row carries no labels."""
+    torch.manual_seed(0)
+    net = UNet(dataclasses.replace(TINY_NET, num_classes=0))
+    save_network(tmp_path / "teacher.pt", net, kind="teacher")
+    stream, labels, nfe = evaluate.method_images("teacher_ode", 8, base_resolution=8, n=3, seed=0, data_dir=None,
+                                                 teacher_path=tmp_path / "teacher.pt", num_points=3, batch_size=2,
+                                                 warmup=2)
+    expected, _ = sampling.sample_teacher(net, None, seeds=sampling.seeds_for(3, 1000), num_points=3)
+    assert labels is None and nfe == 5 and np.array_equal(np.asarray(stream), to_uint8(expected).numpy())
+
+
+def test_evaluate_defaults_keep_2000_samples_above_the_base_and_score_with_karras_swd(tmp_path, monkeypatch):
+    """Above the base resolution the samples file keeps the first 2000 images by default (labels None for an
+    unconditional generator), while every image is scored; score gets evaluate's defaults: SWD from 16 px with
+    128 descriptors per image and 512 projections (Karras et al.), k = 3, 64-px features, seed 0."""
+    base = np.random.default_rng(0).integers(0, 256, (2001, 1, 4, 4), dtype=np.uint8)
+    evaluate.save_samples(tmp_path / "base.npz", base, None, 1, 1000.0)
+    scored = {}
+
+    def score(images, reference, **kw):
+        scored.update(kw, n=sum(len(c) for c in images), reference=reference)
+        return {"fd_judge": 1.5}
+    monkeypatch.setattr(evaluate, "score", score)
+    monkeypatch.setattr(evaluate, "load_reference", lambda path: {"path": path})
+    monkeypatch.setattr(evaluate, "load_judge", lambda path, device: ("judge net", {}))
+    record = evaluate.evaluate("stage2_bicubic", 8, resolutions=[4, 8], reference_path="ref.npz", judge_path="j.pt",
+                               out_path=tmp_path / "r.json", samples_path=tmp_path / "s.npz", data_dir=None,
+                               base_samples_path=tmp_path / "base.npz", device="cpu")
+    samples = evaluate.load_samples(tmp_path / "s.npz")
+    assert np.array_equal(samples["images"], resize_uint8(base[:2000], 8)) and samples["labels"] is None
+    assert record["n_samples"] == 2001 and record["nfe"] == 1 and record["fd_judge"] == 1.5
+    assert scored == {"n": 2001, "reference": {"path": "ref.npz"}, "judge_net": "judge net", "feature_size": 64,
+                      "k": 3, "swd_min_resolution": 16, "swd_descriptors_per_image": 128, "swd_projections": 512,
+                      "inception_dir": None, "seed": 0, "device": torch.device("cpu")}
 
 
 def test_generators_are_warmed_up_before_the_timed_chunks(tiny_teacher, decoder_dir, monkeypatch):
