@@ -17,23 +17,14 @@ import tempfile
 import torch
 import yaml
 
-from pagoda import decoder, loop
+from pagoda import decoder, loop, workflow
 
 
 def stage_kwargs(config, results, index):
-    """train_decoder's keywords for stage `index` of `config`, as rules/common.smk's decoder_parameters gives them,
-    reading the inputs of a finished run under `results`."""
-    dec, resolutions = config["decoder"], config["resolutions"]
-    stage, res = dec["stages"][index], resolutions[index]
-    init = f"{results}/teacher/teacher.pt" if index == 0 else f"{results}/decoder/{resolutions[index - 1]}/decoder.pt"
-    growth = dict(growth_channels=stage.get("growth_channels"), growth_res_blocks=stage.get("growth_res_blocks", 2),
-                  trainable_output_blocks=stage.get("trainable_output_blocks"), growth_head=dec["growth_head"])
-    return dict(data_dir=f"{results}/data", latents_dir=f"{results}/latents", init_path=init, resolution=res,
-                batch_size=stage.get("batch_size", dec["batch_size"]), lr_g=dec["lr_g"], lr_d=dec["lr_d"],
-                gan_weight=stage["gan_weight"], weighting=stage["weighting"], ema_decay=dec["ema_decay"],
-                distance=dec["distance"], backbones=dec["backbones"], backbone_source=dec["backbone_source"],
-                objective=dec["objective"], feature_size=stage["feature_size"], sigma_max=dec["sigma_max"],
-                seed=config["seed"], device="cpu", **(growth if index > 0 else {}))
+    """train_decoder's keywords for stage `index`, as the workflow gives them, reading a finished run under
+    `results`; no learning-curve snapshots (they are not part of a step)."""
+    kwargs = workflow.decoder_stage({**config, "results": results}, index)
+    return {**kwargs, "curve_points": 0} if "curve_points" in kwargs else kwargs
 
 
 def seconds_per_step(kwargs, *, warmup, steps):

@@ -2,7 +2,7 @@
 import json
 
 from pagoda import encode, evaluate, layout
-from pagoda.workflow import check_config, notebook_parameters
+from pagoda.workflow import check_config, decoder_stage, notebook_parameters
 
 check_config(config)
 
@@ -87,42 +87,21 @@ def decoder_init(res):
 
 
 def decoder_parameters(res):
-    """Notebook 04_decoder's parameters (Stage 2) or 04_growth's (a growth stage: no growth_* at the base)."""
+    """Notebook 06_decoder's parameters (Stage 2) or 06_growth's (a growth stage, which also judges its snapshots)."""
     i = RESOLUTIONS.index(int(res))
-    dec, stage = config["decoder"], config["decoder"]["stages"][i]
-    growth = dict(
-        growth_channels=stage.get("growth_channels"),
-        growth_res_blocks=stage.get("growth_res_blocks", 2),
-        trainable_output_blocks=stage.get("trainable_output_blocks"),
-        growth_head=dec["growth_head"],
+    extra = {} if i == 0 else dict(
         base_path=decoder_path(BASE),
+        judge_path=judge_path(res),
+        reference_path=reference_path(res),
+        curve_samples=config["decoder"]["curve_samples"],
+        curve_path=learning_curve_path(res),
+        figures_dir=f"{R}/figures",
     )
-    return notebook_parameters(
-        data_dir=f"{R}/data",
-        latents_dir=f"{R}/latents",
-        init_path=decoder_init(res),
-        run_dir=f"{R}/decoder/{res}",
-        out_path=decoder_path(res),
-        resolution=int(res),
-        steps=stage["steps"],
-        batch_size=stage.get("batch_size", dec["batch_size"]),
-        lr_g=dec["lr_g"],
-        lr_d=dec["lr_d"],
-        gan_weight=stage["gan_weight"],
-        weighting=stage["weighting"],
-        ema_decay=dec["ema_decay"],
-        distance=dec["distance"],
-        backbones=dec["backbones"],
-        backbone_source=dec["backbone_source"],
-        objective=dec["objective"],
-        feature_size=stage["feature_size"],
-        sigma_max=dec["sigma_max"],
-        checkpoint_every=dec["checkpoint_every"],
-        seed=config["seed"],
-        device=config["device"],
-        nproc_per_node=config["nproc_per_node"],
-        **(growth if i > 0 else {}),
-    )
+    return notebook_parameters(**decoder_stage(config, i), nproc_per_node=config["nproc_per_node"], **extra)
+
+
+def learning_curve_path(res):
+    return f"{R}/decoder/{res}/learning_curve.csv"
 
 
 def judge_path(res):

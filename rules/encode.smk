@@ -20,14 +20,14 @@ rule encode_shard:
 
 
 rule encode_latents:
-    """Summarise the latents: statistics, round trip through the teacher, teacher pairs (notebook 03)."""
+    """Summarise the latents: statistics, round trip through the teacher, teacher pairs (notebook 05)."""
     input:
-        notebook="notebooks/03_encode.ipynb",
+        notebook="notebooks/05_encode.ipynb",
         shards=LATENT_SHARDS,
     output:
         summary=LATENTS,
     log:
-        notebook=f"{R}/notebooks/03_encode.ipynb",
+        notebook=f"{R}/notebooks/05_encode.ipynb",
         stderr=f"{R}/logs/encode_latents.log",
     params:
         parameters=notebook_parameters(

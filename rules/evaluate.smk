@@ -3,15 +3,15 @@
 # vs 36.6 s for two pagoda@32 rows). profiles/slurm sets their threads for GPU nodes.
 
 rule compute_reference:
-    """Reference features (judge, EfficientNet) and pixels of the training images at one resolution (notebook 06)."""
+    """Reference features (judge, EfficientNet) and pixels of the training images at one resolution (notebook 03)."""
     input:
-        notebook="notebooks/06_reference.ipynb",
+        notebook="notebooks/03_reference.ipynb",
         data=lambda wildcards: data_file("train", wildcards.res),
         judge=lambda wildcards: judge_path(wildcards.res),
     output:
         reference=f"{R}/eval/reference_{{res}}.npz",
     log:
-        notebook=f"{R}/notebooks/06_reference_{{res}}.ipynb",
+        notebook=f"{R}/notebooks/03_reference_{{res}}.ipynb",
         stderr=f"{R}/logs/compute_reference_{{res}}.log",
     wildcard_constraints:
         res="|".join(str(r) for r in RESOLUTIONS),

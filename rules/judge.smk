@@ -1,12 +1,12 @@
 rule train_judge:
-    """Train the judge of one resolution, a CNN classifier of the real training images only (notebook 05)."""
+    """Train the judge of one resolution, a CNN classifier of the real training images only (notebook 02)."""
     input:
-        notebook="notebooks/05_judge.ipynb",
+        notebook="notebooks/02_judge.ipynb",
         data=lambda wildcards: data_file("train", wildcards.res),
     output:
         judge=f"{R}/judge/{{res}}/judge.pt",
     log:
-        notebook=f"{R}/notebooks/05_judge_{{res}}.ipynb",
+        notebook=f"{R}/notebooks/02_judge_{{res}}.ipynb",
         stderr=f"{R}/logs/train_judge_{{res}}.log",
     wildcard_constraints:
         res="|".join(str(r) for r in RESOLUTIONS),

@@ -1,16 +1,16 @@
 if config["teacher"].get("import_path"):
 
     rule import_teacher:
-        """Import the public ADM-format teacher checkpoint (EDM ImageNet-64) and sample it (notebook 02)."""
+        """Import the public ADM-format teacher checkpoint (EDM ImageNet-64) and sample it (notebook 04)."""
         input:
-            notebook="notebooks/02_teacher.ipynb",
+            notebook="notebooks/04_teacher.ipynb",
             data=data_file("train", BASE),
             # The checkpoint itself is not an input, so that a dry run plans the study before the
             # download; the import stops with a clear error if the file is missing.
         output:
             teacher=TEACHER,
         log:
-            notebook=f"{R}/notebooks/02_teacher.ipynb",
+            notebook=f"{R}/notebooks/04_teacher.ipynb",
             stderr=f"{R}/logs/import_teacher.log",
         params:
             parameters=teacher_parameters(),
@@ -23,14 +23,14 @@ if config["teacher"].get("import_path"):
 else:
 
     rule train_teacher:
-        """Train the EDM teacher at the base resolution and sample it with the Heun solver (notebook 02)."""
+        """Train the EDM teacher at the base resolution and sample it with the Heun solver (notebook 04)."""
         input:
-            notebook="notebooks/02_teacher.ipynb",
+            notebook="notebooks/04_teacher.ipynb",
             data=data_file("train", BASE),
         output:
             teacher=TEACHER,
         log:
-            notebook=f"{R}/notebooks/02_teacher.ipynb",
+            notebook=f"{R}/notebooks/04_teacher.ipynb",
             stderr=f"{R}/logs/train_teacher.log",
         params:
             parameters=teacher_parameters(),

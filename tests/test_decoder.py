@@ -11,7 +11,7 @@ import torch
 
 from conftest import TINY_NET, make_task
 
-from pagoda import decoder, edm, encode, loop, sampling
+from pagoda import checkpoints, decoder, edm, encode, loop, sampling
 from pagoda.checkpoints import load_network, save_network
 from pagoda.data import load_dataset
 from pagoda.growth import grow
@@ -512,3 +512,23 @@ def test_latent_shards_are_memory_mapped_and_index_like_one_array(tmp_path):
                         flip=np.ones(5, bool), seconds=np.float64(1.0))
     with pytest.raises(ValueError, match="z is compressed and cannot be memory-mapped"):
         encode.load_latents(tmp_path)
+
+
+def test_curve_steps_are_evenly_spaced_and_end_at_the_last_step():
+    assert decoder.curve_steps(6, 2) == [3, 6]
+    assert decoder.curve_steps(190, 4) == [48, 95, 142, 190]  # 47.5 and 142.5 round to even
+    assert decoder.curve_steps(2, 5) == [1, 2]  # more points than steps: every step once, never step 0
+    assert decoder.curve_steps(10, 1) == [10]
+
+
+def test_training_keeps_ema_snapshots_and_the_last_is_the_final_decoder(tiny_teacher, tiny_data, latents, tmp_path):
+    decoder.train_decoder(data_dir=tiny_data, latents_dir=latents, init_path=tiny_teacher, run_dir=tmp_path / "run",
+                          out_path=tmp_path / "G.pt", resolution=8, steps=4, batch_size=8, feature_size=32,
+                          checkpoint_every=4, curve_points=2, device="cpu", progress=False)
+    paths = loop.snapshot_paths(tmp_path / "run")
+    assert [p.name for p in paths] == ["step-00000002.pt", "step-00000004.pt"]
+    final, last, first = (checkpoints.load_checkpoint(p) for p in (tmp_path / "G.pt", *paths[::-1]))
+    assert last["kind"] == "decoder" and last["config"] == final["config"] and last["meta"]["sigma_max"] == 80.0
+    for name, w in final["ema"].items():
+        assert torch.equal(last["ema"][name], w) and torch.equal(last["net"][name], w), name
+    assert any(not torch.equal(first["ema"][n], w) for n, w in final["ema"].items())  # two steps earlier

@@ -544,3 +544,31 @@ def test_evaluation_streams_chunks_and_keeps_a_few_samples_above_the_base(tiny_d
                              batch_size=5, keep_samples=4, **{**kw, "reference_path": eval_dir / "reference_8.npz",
                                                                "judge_path": judges / "8" / "judge.pt"})
     assert base["n_samples"] == 12 and len(evaluate.load_samples(tmp_path / "c.npz")["images"]) == 12
+
+
+def test_learning_curve_points_are_the_pagoda_rows_of_their_snapshots(tiny_teacher, tiny_data, judges, eval_dir,
+                                                                      tmp_path):
+    """Each snapshot's point is what `evaluate` gives its pagoda row in the judge's view (same noise, same n),
+    in step order; an untrained and a perturbed decoder give different points."""
+    torch.manual_seed(0)
+    net = decoder.init_decoder(tiny_teacher, resolution=8)
+    snaps = tmp_path / "run" / "snapshots"
+    save_network(snaps / "step-00000004.pt", net, kind="decoder")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_network(snaps / "step-00000010.pt", net, kind="decoder")
+    curve = evaluate.learning_curve(loop.snapshot_paths(tmp_path / "run"), reference_path=eval_dir / "reference_8.npz",
+                                    judge_path=judges / "8" / "judge.pt", n_samples=12, k=2, seed=1, batch_size=5)
+    assert [(c["step"], c["n_samples"]) for c in curve] == [(4, 12), (10, 12)]
+    assert curve[0]["fd_judge"] != curve[1]["fd_judge"]
+    for point, step in zip(curve, (4, 10)):
+        (tmp_path / "d" / "8").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "d" / "8" / "decoder.pt").write_bytes((snaps / f"step-{step:08d}.pt").read_bytes())
+        row = evaluate.evaluate("pagoda", 8, resolutions=[8], reference_path=eval_dir / "reference_8.npz",
+                                judge_path=judges / "8" / "judge.pt", out_path=tmp_path / "r.json",
+                                samples_path=tmp_path / "s.npz", data_dir=tiny_data,
+                                decoder_path=tmp_path / "d" / "8" / "decoder.pt", n_samples=12, k=2, seed=1,
+                                feature_size=32, device="cpu", **SWD_KW)
+        for key in ("fd_judge", "kid_judge", "precision_judge", "recall_judge", "density_judge", "coverage_judge"):
+            assert point[key] == pytest.approx(row[key], rel=1e-6), (step, key)

@@ -318,7 +318,8 @@ def test_file_fingerprint_is_path_size_and_mtime(tmp_path):
 
 
 def make_results(run_dir):
-    for name in ("checkpoints/step-00000002.pt", "metrics.jsonl", "timing.json", "out.pt", "fig.png"):
+    for name in ("checkpoints/step-00000002.pt", "snapshots/step-00000002.pt", "metrics.jsonl", "timing.json",
+                 "out.pt", "fig.png"):
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / name).write_text("x")
 
@@ -365,6 +366,40 @@ def test_run_logs_the_hand_computed_metrics_and_keeps_the_last_checkpoints(tmp_p
     assert task.calls == list(range(7))
     assert [p.name for p in loop.checkpoint_paths(run_dir)] == ["step-00000006.pt", "step-00000007.pt"]
     assert loop.read_timing(run_dir) == {"seconds": 7.0, "attempts": 1, "device": loop.device_name("cpu")}
+
+
+class SnapshotTask(ToyTask):
+    """The toy task, writing its weight vector as a snapshot."""
+
+    def save_snapshot(self, path):
+        self.snapshots.append(self.calls[-1] + 1)
+        loop.atomic_save(self.net.w.detach().clone(), path)
+
+
+def test_snapshots_are_taken_at_the_given_steps_kept_and_rewritten_by_a_resumed_run(tmp_path):
+    """A snapshot holds the weights after its step; a run killed after a snapshot but before the next
+    checkpoint redoes the step and writes the same snapshot again."""
+    kw = dict(total_steps=8, seed=3, checkpoint_every=4, snapshot_steps=(2, 5, 8), progress=False)
+    straight = SnapshotTask()
+    straight.snapshots = []
+    loop.run(straight, run_dir=tmp_path / "a", **kw)
+    assert straight.snapshots == [2, 5, 8]
+    assert [p.name for p in loop.snapshot_paths(tmp_path / "a")] == ["step-00000002.pt", "step-00000005.pt",
+                                                                      "step-00000008.pt"]
+    for steps in (2, 5, 8):
+        torch.testing.assert_close(torch.load(tmp_path / "a" / "snapshots" / f"step-{steps:08d}.pt"),
+                                   expected_rows(steps, seed=3)[1])
+    first = SnapshotTask()
+    first.snapshots = []
+    loop.run(first, run_dir=tmp_path / "b", max_steps_this_call=6, **kw)  # checkpoints at 4 and 6
+    (tmp_path / "b" / "checkpoints" / "step-00000006.pt").unlink()  # killed after the snapshot at 5, before 6
+    resumed = SnapshotTask()
+    resumed.snapshots = []
+    loop.run(resumed, run_dir=tmp_path / "b", **kw)
+    assert (first.snapshots, resumed.snapshots) == ([2, 5], [5, 8])
+    for steps in (2, 5, 8):
+        name = f"snapshots/step-{steps:08d}.pt"
+        torch.testing.assert_close(torch.load(tmp_path / "b" / name), torch.load(tmp_path / "a" / name))
 
 
 def test_run_defaults_log_about_100_rows_and_checkpoint_every_500_steps(tmp_path):

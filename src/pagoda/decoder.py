@@ -251,22 +251,33 @@ class DecoderTask:
     def step(self, step, generator):
         return {**self.g_step(step, generator), **self.d_step(step, generator)}
 
+    def save_snapshot(self, path):
+        """The EMA generator alone, in the final decoder's format (a learning-curve point)."""
+        save_network(path, self.ema, kind="decoder", meta={"sigma_max": self.sigma_max})
+
 
 # ----------------------------------------------------------------------------
 # The stage.
+
+def curve_steps(steps, points):
+    """`points` evenly spaced steps of a `steps`-step run, ending at the last one."""
+    return sorted({max(1, round(steps * (i + 1) / points)) for i in range(points)})
+
 
 def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolution, steps=500, batch_size=32,
                   lr_g=1e-4, lr_d=2e-3, gan_weight=0.2, weighting="adaptive", ema_decay=0.999,
                   distance="feature", objective="reconstruction", feature_size=224, d_feature_size=None,
                   backbones=("efficientnet_lite0",), backbone_source="offline",
                   growth_channels=None, growth_res_blocks=2, trainable_output_blocks=None, growth_head="residual",
-                  sigma_max=edm.SIGMA_MAX, seed=0, checkpoint_every=100, log_every=None, device="auto",
-                  progress=True, max_steps_this_call=None):
+                  sigma_max=edm.SIGMA_MAX, seed=0, checkpoint_every=100, curve_points=0, log_every=None,
+                  device="auto", progress=True, max_steps_this_call=None):
     """Train the decoder at `resolution` from `init_path` (teacher -> Stage 2; decoder -> Stage 3).
 
     Reconstruction targets are the training images at `resolution` for the stored latents (and flips);
     the GAN's real images are the whole training set at `resolution`. Writes `out_path` (EMA and raw
-    weights, frozen ones included) when all `steps` are done and returns a summary.
+    weights, frozen ones included) when all `steps` are done and returns a summary. `curve_points`: also
+    keep the EMA generator at that many evenly spaced steps, the last one included, in run_dir/snapshots
+    (`evaluate.learning_curve`).
     """
     device = loop.resolve_device(device)
     loop.init_distributed(device)
@@ -292,12 +303,13 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
         "objective": objective, "feature_size": feature_size, "d_feature_size": d_feature_size,
         "backbones": [type(b).__name__ + ":" + getattr(b, "name", "efficientnet_lite0") for b in backbone],
         "network": G.config.to_dict(), "trainable_output_blocks": trainable_output_blocks, "sigma_max": sigma_max,
-        "seed": seed, "world_size": loop.world_size(), "init": loop.file_fingerprint(init_path),
+        "seed": seed, "curve_points": curve_points, "world_size": loop.world_size(),
+        "init": loop.file_fingerprint(init_path),
         "latents": [loop.file_fingerprint(p) for p in list_shards(latents_dir)],
         "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))})
     rows = loop.run(task, run_dir=run_dir, total_steps=steps, seed=seed, checkpoint_every=checkpoint_every,
-                    log_every=log_every, device=device, progress=progress, desc=f"decoder {resolution}",
-                    max_steps_this_call=max_steps_this_call)
+                    snapshot_steps=curve_steps(steps, curve_points), log_every=log_every, device=device,
+                    progress=progress, desc=f"decoder {resolution}", max_steps_this_call=max_steps_this_call)
     timing = loop.read_timing(run_dir)
     summary = {"resolution": resolution, "base_resolution": G.config.img_resolution,
                "steps": rows[-1]["step"] if rows else 0,  # the last logged step (none yet early in a long run)

@@ -215,7 +215,7 @@ def file_fingerprint(path):
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def prepare_run_dir(run_dir, fingerprint, *, stale=("checkpoints", "metrics.jsonl", "timing.json")):
+def prepare_run_dir(run_dir, fingerprint, *, stale=("checkpoints", "snapshots", "metrics.jsonl", "timing.json")):
     """Keep `run_dir`'s partial results only if they were made with the same `fingerprint`.
 
     The fingerprint (JSON-serialisable: hyperparameters and input-file identities) is stored in
@@ -249,15 +249,21 @@ def _read_metrics(path, upto):
     return [r for r in rows if r["step"] <= upto]
 
 
-def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, log_every=None, device="cpu",
-        progress=True, desc="train", max_steps_this_call=None):
+def snapshot_paths(run_dir):
+    return sorted(pathlib.Path(run_dir, "snapshots").glob("step-*.pt"))
+
+
+def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, snapshot_steps=(), log_every=None,
+        device="cpu", progress=True, desc="train", max_steps_this_call=None):
     """Train `task` up to `total_steps`, resuming from the latest checkpoint in `run_dir`.
 
     Callers check `prepare_run_dir` first so that only checkpoints of the same configuration resume.
     Writes run_dir/metrics.jsonl (one JSON row per `log_every` steps, default ~100 rows per run,
     step-indexed so a resumed run rewrites the rows after its checkpoint), run_dir/checkpoints/step-*.pt (every `checkpoint_every`
-    steps and at the end) and run_dir/timing.json (wall-clock seconds summed over all attempts).
-    `max_steps_this_call` stops early (to test resumption). Returns the list of metric rows.
+    steps and at the end) and run_dir/timing.json (wall-clock seconds summed over all attempts). At each
+    step in `snapshot_steps`, `task.save_snapshot(path)` also writes run_dir/snapshots/step-*.pt (all kept: a
+    learning curve). `max_steps_this_call` stops early (to test resumption). Returns the
+    list of metric rows.
     """
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +298,9 @@ def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, log_every=N
                     log.flush()
                     bar.set_postfix({k: f"{v:.4g}" for k, v in list(m.items())[:3]}, refresh=False)
             bar.update(1)
+            # Before the checkpoint: a run killed in between redoes this step and rewrites the snapshot.
+            if step + 1 in snapshot_steps and is_main:
+                task.save_snapshot(pathlib.Path(run_dir, "snapshots", f"step-{step + 1:08d}.pt"))
             if (step + 1) % checkpoint_every == 0 or step + 1 == stop:
                 now = time.time()
                 timing["seconds"] += now - t_last

@@ -162,6 +162,25 @@ def curves(named, *, xlabel="step", ylabel="", logy=False):
     return fig
 
 
+def learning_curve(records, *, resolution, keys=("fd_judge", "recall_judge", "precision_judge", "coverage_judge")):
+    """Judge metrics of a stage's snapshots (`evaluate.learning_curve`) against its training steps: whether
+    more steps would still help."""
+    frame = pd.DataFrame(records)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    axes[0].plot(frame["step"], frame["fd_judge"], "o-", color="C0")
+    axes[0].set_title(METRIC_TITLES["fd_judge"], fontsize=10)
+    for i, k in enumerate(k for k in keys if k != "fd_judge"):
+        axes[1].plot(frame["step"], frame[k], "o-", color=f"C{i + 1}", label=k.removesuffix("_judge"))
+    axes[1].set_title("judge features", fontsize=10)
+    axes[1].set_ylim(0, 1.05)
+    axes[1].legend(fontsize=8, frameon=False)
+    for ax in axes:
+        ax.set_xlabel("training step")
+    fig.suptitle(f"{resolution}x{resolution} decoder during training (EMA snapshots)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------
 # The report's figures.
 

@@ -2,6 +2,7 @@
 
 import yaml
 
+from . import layout
 from .data import FASHION_MNIST_SIZE, check_resolutions
 
 GROWTH_FACTORS = (2, 4)  # per decoder stage: 2x (default) or the paper's 4x jump ablation
@@ -42,3 +43,24 @@ def notebook_parameters(**parameters):
     Not JSON: papermill reads -y with PyYAML (YAML 1.1), which takes JSON's 8e-06 (config/imagenet.yaml's
     lr_g) for a string; PyYAML's own writer gives 8.0e-06, read back as the float it is."""
     return yaml.safe_dump(parameters, default_flow_style=True, width=float("inf"), sort_keys=False).strip()
+
+
+def decoder_stage(config, index):
+    """`train_decoder`'s keywords for decoder stage `index` of `config` (0 = Stage 2 at the teacher's
+    resolution, then one growth stage per resolution), with the inputs and outputs the workflow gives it."""
+    results, resolutions, dec = config["results"], config["resolutions"], config["decoder"]
+    stage, res = dec["stages"][index], resolutions[index]
+    init = f"{results}/teacher/teacher.pt" if index == 0 else \
+        layout.decoder_path(f"{results}/decoder", resolutions[index - 1])
+    growth = dict(growth_channels=stage.get("growth_channels"), growth_res_blocks=stage.get("growth_res_blocks", 2),
+                  trainable_output_blocks=stage.get("trainable_output_blocks"), growth_head=dec["growth_head"],
+                  curve_points=dec["curve_points"])
+    return dict(data_dir=f"{results}/data", latents_dir=f"{results}/latents", init_path=init,
+                run_dir=f"{results}/decoder/{res}", out_path=layout.decoder_path(f"{results}/decoder", res),
+                resolution=res, steps=stage["steps"], batch_size=stage.get("batch_size", dec["batch_size"]),
+                lr_g=dec["lr_g"], lr_d=dec["lr_d"], gan_weight=stage["gan_weight"], weighting=stage["weighting"],
+                ema_decay=dec["ema_decay"], distance=dec["distance"], backbones=dec["backbones"],
+                backbone_source=dec["backbone_source"], objective=dec["objective"],
+                feature_size=stage["feature_size"], sigma_max=dec["sigma_max"],
+                checkpoint_every=dec["checkpoint_every"], seed=config["seed"], device=config["device"],
+                **(growth if index > 0 else {}))
