@@ -190,7 +190,9 @@ def score(images, reference, *, judge_net, feature_size=64, k=3, swd_min_resolut
             inc_feats.append(metrics.inception_features(chunk, inception_dir=inception_dir, device=device))
     judge_feats, feats = np.concatenate(judge_feats), np.concatenate(feats)
     n = len(feats)
-    out = judge_scores(judge_feats, reference, k=k, seed=seed)
+    fd_and_knn = judge_scores(judge_feats, reference, k=k)
+    out = {"fd_judge": fd_and_knn.pop("fd_judge"),
+           "kid_judge": metrics.kernel_distance(judge_feats, reference["judge_features"], seed=seed), **fd_and_knn}
     levels = swd.multiscale_swd(np.concatenate(swd_images), reference["swd_images"], min_resolution=swd_min_resolution,
                                 descriptors_per_image=swd_descriptors_per_image, n_projections=swd_projections,
                                 seed=seed)
@@ -206,21 +208,20 @@ def score(images, reference, *, judge_net, feature_size=64, k=3, swd_min_resolut
     return out
 
 
-def judge_scores(judge_feats, reference, *, k=3, seed=0):
-    """fd_judge, kid_judge and precision/recall/density/coverage_judge of images with judge features
-    `judge_feats` against the reference's (its first len(judge_feats) for the k-NN metrics)."""
-    out = {"fd_judge": metrics.frechet_distance(metrics.statistics(judge_feats),
-                                                (reference["judge_mu"], reference["judge_sigma"])),
-           "kid_judge": metrics.kernel_distance(judge_feats, reference["judge_features"], seed=seed)}
+def judge_scores(judge_feats, reference, *, k=3):
+    """fd_judge and precision/recall/density/coverage_judge of images with judge features `judge_feats`
+    against the reference's (its first len(judge_feats) for the k-NN metrics)."""
+    fd = metrics.frechet_distance(metrics.statistics(judge_feats), (reference["judge_mu"], reference["judge_sigma"]))
     prdc = metrics.precision_recall(reference["judge_features"][:len(judge_feats)].astype(np.float64), judge_feats,
                                     k=k)
-    return {**out, **{f"{key}_judge": v for key, v in prdc.items()}}
+    return {"fd_judge": fd, **{f"{key}_judge": v for key, v in prdc.items()}}
 
 
 def learning_curve(snapshot_paths, *, reference_path, judge_path, n_samples=2000, k=3, seed=0, batch_size=500,
                    device="cpu"):
-    """The judge metrics of each decoder snapshot (run_dir/snapshots/step-*.pt), on the evaluation's noise:
-    one record per snapshot with its training step, the same numbers the table's pagoda row gives at the end."""
+    """`judge_scores` of each decoder snapshot (run_dir/snapshots/step-*.pt) on the evaluation's noise: one
+    record per snapshot with its training step, the numbers the table's pagoda row gives (KID left out: it
+    takes longer than the other judge metrics together)."""
     reference, judge_net = load_reference(reference_path), load_judge(judge_path, device)[0]
     records = []
     for path in snapshot_paths:
@@ -228,7 +229,7 @@ def learning_curve(snapshot_paths, *, reference_path, judge_path, n_samples=2000
                                      decoder_path=path, batch_size=batch_size, device=device)
         feats = np.concatenate([judge.image_features(judge_net, chunk) for chunk in images])
         records.append({"step": int(pathlib.Path(path).stem.split("-")[1]), "n_samples": n_samples,
-                        **judge_scores(feats, reference, k=k, seed=seed)})
+                        **judge_scores(feats, reference, k=k)})
     return records
 
 
