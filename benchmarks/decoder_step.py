@@ -4,9 +4,12 @@ Each stage is rebuilt from the run's own files (data, latents, the previous stag
 `pagoda.decoder.train_decoder` builds it, trained `--warmup` steps, then `--steps` more; the time of those is
 read from the stage's timing record. Variants change one keyword of the stage (e.g. the feature networks'
 input size) and print their ratio to the configured stage, measured in the same process, one after the other.
+`--before CONFIG` also times each stage as another configuration sets it up (e.g. the parent commit's,
+`git show PARENT:config/config.yaml > /tmp/before.yaml`) and prints the configured stage's ratio to it.
 `--profile` adds torch.profiler's table of the top operators for one stage.
 
     python benchmarks/decoder_step.py --results results --variant feature_size=32 [--profile 32] [--json PATH]
+    python benchmarks/decoder_step.py --results results --before /tmp/before.yaml
 """
 
 import argparse
@@ -23,8 +26,8 @@ from pagoda import decoder, loop, workflow
 def stage_kwargs(config, results, index):
     """train_decoder's keywords for stage `index`, as the workflow gives them, reading a finished run under
     `results`; no learning-curve snapshots (they are not part of a step)."""
-    kwargs = workflow.decoder_stage({**config, "results": results}, index)
-    return {**kwargs, "curve_points": 0} if "curve_points" in kwargs else kwargs
+    decoder_config = {**config["decoder"], "curve_points": 0}  # also fits configurations from before the curves
+    return workflow.decoder_stage({**config, "results": results, "decoder": decoder_config}, index)
 
 
 def seconds_per_step(kwargs, *, warmup, steps):
@@ -59,6 +62,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="a finished run's results folder")
     p.add_argument("--config", default="config/config.yaml", help="the configuration that run used")
+    p.add_argument("--before", help="another configuration to time each stage under (ratio = configured / before)")
     p.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="KEY=VALUE",
                    help="a train_decoder keyword to change (repeatable; each variant changes one)")
     p.add_argument("--warmup", type=int, default=3)
@@ -70,15 +74,21 @@ def main():
 
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(pathlib.Path(args.config).read_text())
+    before = yaml.safe_load(pathlib.Path(args.before).read_text()) if args.before else None
     rows = []
     for index, res in enumerate(config["resolutions"]):
         kwargs = stage_kwargs(config, args.results, index)
         base = seconds_per_step(kwargs, warmup=args.warmup, steps=args.steps)
-        rows.append({"resolution": res, "variant": "configured", "seconds_per_step": base, "ratio": 1.0})
+        new = [{"resolution": res, "variant": "configured", "seconds_per_step": base, "ratio": 1.0}]
+        if before is not None:  # the ratio is then configured / before, on the configured row
+            t = seconds_per_step(stage_kwargs(before, args.results, index), warmup=args.warmup, steps=args.steps)
+            new = [{"resolution": res, "variant": "before", "seconds_per_step": t, "ratio": 1.0},
+                   {**new[0], "ratio": base / t}]
         for key, value in args.variant:
             t = seconds_per_step(dict(kwargs, **{key: value}), warmup=args.warmup, steps=args.steps)
-            rows.append({"resolution": res, "variant": f"{key}={value}", "seconds_per_step": t, "ratio": t / base})
-        for row in rows[-1 - len(args.variant):]:
+            new.append({"resolution": res, "variant": f"{key}={value}", "seconds_per_step": t, "ratio": t / base})
+        rows += new
+        for row in new:
             print(f"{row['resolution']:>4} px  {row['variant']:<24} {row['seconds_per_step'] * 1000:7.0f} ms/step"
                   f"  x{row['ratio']:.2f}", flush=True)
         if args.profile == res:

@@ -234,6 +234,16 @@ def test_task_defaults_are_the_papers_hyperparameters(tiny_teacher):
     assert task.targets.dtype == torch.uint8 and task.train_images.shape == (10, 1, 8, 8)
 
 
+def test_beta2_reaches_both_optimizers(tiny_teacher):
+    G, D, images = decoder.init_decoder(tiny_teacher, resolution=8), StubD(), labelled_images(10)
+    lat = {"z": np.zeros((2, 1, 8, 8), np.float32), "labels": np.array([1, 2]), "index": np.array([0, 1]),
+           "flip": np.array([False, True])}
+    task = decoder.DecoderTask(G, D, ReconstructionDistance("l2"), latents=lat, targets=images, train_images=images,
+                               train_labels=np.arange(10), lr_g=3e-4, beta2=0.99)
+    assert [(o.param_groups[0]["lr"], o.param_groups[0]["betas"]) for o in (task.opt_g, task.opt_d)] == [
+        (3e-4, (0.9, 0.99)), (2e-3, (0.9, 0.99))]
+
+
 def test_task_rejects_unknown_objectives_weightings_and_missing_pairs(tiny_teacher):
     with pytest.raises(ValueError, match="^" + re.escape(
             "objective must be one of ('reconstruction', 'distillation', 'both'), got 'rec'") + "$"):

@@ -106,7 +106,7 @@ class DecoderTask:
     """One G update (or two, with weighting='separate') and one D update per step."""
 
     def __init__(self, G, D, distance, *, latents, targets, train_images, train_labels, pairs=None,
-                 objective="reconstruction", batch_size=32, lr_g=1e-4, lr_d=2e-3, gan_weight=0.2,
+                 objective="reconstruction", batch_size=32, lr_g=1e-4, lr_d=2e-3, beta2=0.999, gan_weight=0.2,
                  weighting="adaptive", ema_decay=0.999, sigma_max=edm.SIGMA_MAX, device="cpu"):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -124,8 +124,10 @@ class DecoderTask:
         self.objective, self.batch_size, self.gan_weight = objective, batch_size, gan_weight
         self.weighting, self.ema_decay, self.sigma_max, self.device = weighting, ema_decay, sigma_max, device
         self.g_params = [p for p in self.G.parameters() if p.requires_grad]
-        self.opt_g = torch.optim.RAdam(self.g_params, lr=lr_g, betas=(0.9, 0.999))
-        self.opt_d = torch.optim.RAdam(self.D.trainable_parameters(), lr=lr_d, betas=(0.9, 0.999))
+        # RAdam (paper). Its rectification scales the first ~2 / (1 - beta2) steps down (to 0.33 of lr at step 230
+        # with beta2 = 0.999): short CPU stages set a smaller beta2 (README, deviations).
+        self.opt_g = torch.optim.RAdam(self.g_params, lr=lr_g, betas=(0.9, beta2))
+        self.opt_d = torch.optim.RAdam(self.D.trainable_parameters(), lr=lr_d, betas=(0.9, beta2))
         self.conditional = self.G.label_emb is not None
         cfg = self.G.config
         self.z_shape = (cfg.in_channels, cfg.img_resolution, cfg.img_resolution)
@@ -265,7 +267,7 @@ def curve_steps(steps, points):
 
 
 def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolution, steps=500, batch_size=32,
-                  lr_g=1e-4, lr_d=2e-3, gan_weight=0.2, weighting="adaptive", ema_decay=0.999,
+                  lr_g=1e-4, lr_d=2e-3, beta2=0.999, gan_weight=0.2, weighting="adaptive", ema_decay=0.999,
                   distance="feature", objective="reconstruction", feature_size=224, d_feature_size=None,
                   backbones=("efficientnet_lite0",), backbone_source="offline",
                   growth_channels=None, growth_res_blocks=2, trainable_output_blocks=None, growth_head="residual",
@@ -294,12 +296,12 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
     D = ProjectedDiscriminator(num_classes=len(classes) if G.label_emb is not None else 0, backbone=d_backbone)
     dist_fn = ReconstructionDistance(distance, backbone=backbone)
     task = DecoderTask(G, D, dist_fn, latents=latents, targets=images, train_images=images, train_labels=labels,
-                       pairs=pairs, objective=objective, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d,
+                       pairs=pairs, objective=objective, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, beta2=beta2,
                        gan_weight=gan_weight, weighting=weighting, ema_decay=ema_decay, sigma_max=sigma_max,
                        device=device)
     loop.prepare_run_dir(run_dir, {
         "stage": "decoder", "resolution": resolution, "batch_size": batch_size, "lr_g": lr_g, "lr_d": lr_d,
-        "gan_weight": gan_weight, "weighting": weighting, "ema_decay": ema_decay, "distance": distance,
+        "beta2": beta2, "gan_weight": gan_weight, "weighting": weighting, "ema_decay": ema_decay, "distance": distance,
         "objective": objective, "feature_size": feature_size, "d_feature_size": d_feature_size,
         "backbones": [type(b).__name__ + ":" + getattr(b, "name", "efficientnet_lite0") for b in backbone],
         "network": G.config.to_dict(), "trainable_output_blocks": trainable_output_blocks, "sigma_max": sigma_max,

@@ -58,7 +58,7 @@ def decoder_stage(config, index):
     return dict(data_dir=f"{results}/data", latents_dir=f"{results}/latents", init_path=init,
                 run_dir=f"{results}/decoder/{res}", out_path=layout.decoder_path(f"{results}/decoder", res),
                 resolution=res, steps=stage["steps"], batch_size=stage.get("batch_size", dec["batch_size"]),
-                lr_g=dec["lr_g"], lr_d=dec["lr_d"], gan_weight=stage["gan_weight"], weighting=stage["weighting"],
+                lr_g=dec["lr_g"], lr_d=dec["lr_d"], beta2=dec["beta2"], gan_weight=stage["gan_weight"], weighting=stage["weighting"],
                 ema_decay=dec["ema_decay"], distance=dec["distance"], backbones=dec["backbones"],
                 backbone_source=dec["backbone_source"], objective=dec["objective"],
                 feature_size=stage["feature_size"], sigma_max=dec["sigma_max"],
