@@ -13,6 +13,7 @@ input size) and print their ratio to the configured stage, measured in the same 
 """
 
 import argparse
+import inspect
 import json
 import pathlib
 import tempfile
@@ -26,7 +27,9 @@ from pagoda import decoder, loop, workflow
 def stage_kwargs(config, results, index):
     """train_decoder's keywords for stage `index`, as the workflow gives them, reading a finished run under
     `results`; no learning-curve snapshots (they are not part of a step)."""
-    decoder_config = {**config["decoder"], "curve_points": 0}  # also fits configurations from before the curves
+    # Configurations from before beta2 was a key ran RAdam with train_decoder's (the paper's) default.
+    beta2 = inspect.signature(decoder.train_decoder).parameters["beta2"].default
+    decoder_config = {"beta2": beta2, **config["decoder"], "curve_points": 0}
     return workflow.decoder_stage({**config, "results": results, "decoder": decoder_config}, index)
 
 

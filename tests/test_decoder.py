@@ -316,7 +316,7 @@ def check_train_decoder_fingerprints_its_settings_and_inputs_in_run_json(grown_r
                                    "distance", "objective", "feature_size", "d_feature_size",
                                    "trainable_output_blocks", "sigma_max", "seed")}
     expected.update({
-        "stage": "decoder", "backbones": ["EfficientNetLite0:efficientnet_lite0"],
+        "stage": "decoder", "backbones": ["EfficientNetLite0:efficientnet_lite0"], "beta2": 0.999, "curve_points": 0,
         "network": json.loads(json.dumps(grown_config().to_dict())), "world_size": 1,
         "init": fingerprint(tiny_teacher), "latents": [fingerprint(p) for p in sorted(latents.glob("shard-*.npz"))],
         "data": fingerprint(tiny_data / "train_16.npz")})
