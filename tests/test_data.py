@@ -3,6 +3,7 @@
 import gzip
 import json
 import pathlib
+import re
 import shutil
 import struct
 import sys
@@ -559,7 +560,7 @@ def test_read_error_decodes_jpegs_at_an_eighth_of_their_size(tmp_path, monkeypat
 def test_unreadable_files_are_listed_one_per_line_and_skipping_reaches_every_loader(tmp_path):
     """Every unreadable file on a line of its own between the count and the advice; load_image_folder and
     write_stream_index stop on them by default and pass skip_unreadable on; an index records why each was
-    skipped; labels stay int64 even when every file is skipped."""
+    skipped; with every file unreadable, skipping stops with a clear error instead of an empty dataset."""
     root = tmp_path / "imgs"
     for cls in ("a", "b"):
         (root / cls).mkdir(parents=True)
@@ -583,6 +584,12 @@ def test_unreadable_files_are_listed_one_per_line_and_skipping_reaches_every_loa
     index = json.loads(data.write_stream_index(tmp_path, "train", root, skip_unreadable=True).read_text())
     assert index["files"] == ["a/good.png"] and index["labels"] == [0]
     assert index["skipped"] == [{"file": str(bad[0]), "error": reasons[0]}, {"file": str(bad[1]), "error": reasons[1]}]
-    (root / "a" / "good.png").unlink()  # nothing readable left: no paths, and still int64 labels
-    paths, labels, _, skipped = data.list_image_folder(root, skip_unreadable=True)
-    assert paths == [] and labels.dtype == np.int64 and labels.shape == (0,) and len(skipped) == 2
+    assert labels.dtype == np.int64
+    (root / "a" / "good.png").unlink()  # nothing readable left: a clear error, not an empty dataset
+    for load in (lambda: data.list_image_folder(root, skip_unreadable=True),
+                 lambda: data.load_image_folder(root, 4, skip_unreadable=True),
+                 lambda: data.write_stream_index(tmp_path, "train", root, skip_unreadable=True)):
+        with pytest.raises(data.UnreadableImagesError, match="^" + re.escape(
+                f"none of the 2 image files under {root} can be read (first: {bad[0]}: {reasons[0]}); "
+                "data.skip_unreadable leaves no image") + "$"):
+            load()

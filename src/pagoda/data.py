@@ -216,6 +216,9 @@ def list_image_folder(root, *, skip_unreadable=False, workers=8):
         raise UnreadableImagesError(f"{len(skipped)} of {len(paths)} image files under {root} cannot be read:\n" +
                                     "\n".join(f"  {p}: {e}" for p, e in skipped) +
                                     "\nReplace or delete them, or set data.skip_unreadable: true to leave them out.")
+    if len(skipped) == len(paths):
+        raise UnreadableImagesError(f"none of the {len(paths)} image files under {root} can be read (first: "
+                                    f"{skipped[0][0]}: {skipped[0][1]}); data.skip_unreadable leaves no image")
     keep = [e is None for e in errors]
     paths = [p for p, k in zip(paths, keep) if k]
     labels = [lbl for lbl, k in zip(labels, keep) if k]
