@@ -10,7 +10,7 @@ R = config["results"]
 RESOLUTIONS = config["resolutions"]
 BASE = RESOLUTIONS[0]
 SPLITS = ["train", "test"]
-TEACHER = f"{R}/teacher/teacher.pt"
+TEACHER = layout.teacher_path(R)
 
 # Every stage runs its notebook with papermill; the executed copy is the rule's log, so it is kept
 # when the stage fails. OMP_NUM_THREADS gives torch the job's threads; PYTHONPATH lets the conda
@@ -82,8 +82,7 @@ def decoder_path(res):
 
 def decoder_init(res):
     """Stage 2 starts from the teacher; each growth stage from the previous resolution's decoder."""
-    i = RESOLUTIONS.index(int(res))
-    return TEACHER if i == 0 else decoder_path(RESOLUTIONS[i - 1])
+    return decoder_stage(config, RESOLUTIONS.index(int(res)))["init_path"]
 
 
 def decoder_parameters(res):

@@ -1,6 +1,10 @@
 """Where the stages write under a results folder: one naming shared by the workflow's rules and the notebooks."""
 
 
+def teacher_path(results):
+    return f"{results}/teacher/teacher.pt"
+
+
 def decoder_path(decoder_dir, resolution):
     return f"{decoder_dir}/{resolution}/decoder.pt"
 

@@ -50,7 +50,7 @@ def decoder_stage(config, index):
     resolution, then one growth stage per resolution), with the inputs and outputs the workflow gives it."""
     results, resolutions, dec = config["results"], config["resolutions"], config["decoder"]
     stage, res = dec["stages"][index], resolutions[index]
-    init = f"{results}/teacher/teacher.pt" if index == 0 else \
+    init = layout.teacher_path(results) if index == 0 else \
         layout.decoder_path(f"{results}/decoder", resolutions[index - 1])
     growth = dict(growth_channels=stage.get("growth_channels"), growth_res_blocks=stage.get("growth_res_blocks", 2),
                   trainable_output_blocks=stage.get("trainable_output_blocks"), growth_head=dec["growth_head"],
@@ -58,8 +58,8 @@ def decoder_stage(config, index):
     return dict(data_dir=f"{results}/data", latents_dir=f"{results}/latents", init_path=init,
                 run_dir=f"{results}/decoder/{res}", out_path=layout.decoder_path(f"{results}/decoder", res),
                 resolution=res, steps=stage["steps"], batch_size=stage.get("batch_size", dec["batch_size"]),
-                lr_g=dec["lr_g"], lr_d=dec["lr_d"], beta2=dec["beta2"], gan_weight=stage["gan_weight"], weighting=stage["weighting"],
-                ema_decay=dec["ema_decay"], distance=dec["distance"], backbones=dec["backbones"],
+                lr_g=dec["lr_g"], lr_d=dec["lr_d"], beta2=dec["beta2"], gan_weight=stage["gan_weight"],
+                weighting=stage["weighting"], ema_decay=dec["ema_decay"], distance=dec["distance"], backbones=dec["backbones"],
                 backbone_source=dec["backbone_source"], objective=dec["objective"],
                 feature_size=stage["feature_size"], sigma_max=dec["sigma_max"],
                 checkpoint_every=dec["checkpoint_every"], seed=config["seed"], device=config["device"],
