@@ -266,7 +266,7 @@ def grown_run(tiny_teacher, tiny_data, latents, tmp_path_factory):
     out = tmp_path_factory.mktemp("grown_run")
     kw = dict(data_dir=tiny_data, latents_dir=latents, init_path=tiny_teacher, run_dir=out / "run",
               out_path=out / "G.pt", resolution=16, steps=2, batch_size=4, lr_g=3e-4, lr_d=1e-3, gan_weight=0.5,
-              weighting="separate", ema_decay=0.9, distance="feature", objective="both", feature_size=32,
+              weighting="separate", ema_decay=0.9, distance="feature", objective="reconstruction", feature_size=32,
               d_feature_size=64, backbones=("efficientnet_lite0",), backbone_source="offline", growth_channels=16,
               growth_res_blocks=1, trainable_output_blocks=2, growth_head="shared", sigma_max=70.0, seed=3,
               checkpoint_every=1, log_every=2)
@@ -337,7 +337,7 @@ def check_train_decoder_summary_is_saved_with_the_grown_decoder(grown_run):
     assert timing["seconds"] > 0
     assert grown_run.summary == {
         "resolution": 16, "base_resolution": 8, "steps": 2, "params": sum(p.numel() for p in net.parameters()),
-        "trainable_params": trainable, "latent_pairs": 24, "objective": "both", "distance": "feature",
+        "trainable_params": trainable, "latent_pairs": 24, "objective": "reconstruction", "distance": "feature",
         "weighting": "separate", "gan_weight": 0.5, "sigma_max": 70.0, "seconds": timing["seconds"],
         "device": loop.device_name(loop.resolve_device("auto")), "classes": list(FASHION_MNIST_CLASSES)}
     assert ckpt["kind"] == "decoder" and ckpt["meta"] == grown_run.summary and ckpt["config"] == cfg.to_dict()
@@ -362,16 +362,35 @@ def check_train_decoder_builds_its_task_from_the_arguments(grown_run, tiny_teach
     assert task.distance.kind == "feature" and task.distance.backbones[0] is dist_nets[0]
     assert task.D.backbones[0] is d_nets[0] and task.D.heads[0].embed.num_embeddings == 10  # class-conditional D
     assert (task.batch_size, task.gan_weight, task.weighting, task.ema_decay, task.sigma_max, task.objective) == \
-        (4, 0.5, "separate", 0.9, 70.0, "both")
+        (4, 0.5, "separate", 0.9, 70.0, "reconstruction")
     assert isinstance(task.device, torch.device) and task.device == device  # the resolved device, not a default
     assert task.opt_g.param_groups[0]["lr"] == 3e-4 and task.opt_d.param_groups[0]["lr"] == 1e-3
     images, labels, _ = load_dataset(tiny_data, "train", 16)
     assert torch.equal(task.targets, torch.as_tensor(images)) and torch.equal(task.train_images, task.targets)
     assert torch.equal(task.train_labels, torch.as_tensor(labels))
-    for mine, stored in ((task.latents, encode.load_latents(latents)),
-                         (task.pairs, encode.load_latents(latents, prefix="pairs"))):
-        assert mine.keys() == stored.keys() and all(np.array_equal(np.asarray(mine[k]), stored[k]) for k in stored)
-        assert isinstance(mine["z"], encode.ShardedArray)  # read from disk per batch, not held in memory
+    check_arrays_are_the_stored_ones(task.latents, encode.load_latents(latents))
+    assert task.pairs is None  # a growth stage reconstructs: no teacher pairs
+
+
+def check_arrays_are_the_stored_ones(mine, stored):
+    assert mine.keys() == stored.keys() and all(np.array_equal(np.asarray(mine[k]), stored[k]) for k in stored)
+    assert isinstance(mine["z"], encode.ShardedArray)  # read from disk per batch, not held in memory
+
+
+def test_stage2_with_distillation_reads_the_teacher_pairs_and_growth_refuses_them(tiny_teacher, tiny_data, latents,
+                                                                                  tmp_path, monkeypatch):
+    tasks = []
+    real_task = decoder.DecoderTask
+    monkeypatch.setattr(decoder, "DecoderTask", lambda *a, **kw: tasks.append(real_task(*a, **kw)) or tasks[-1])
+    kw = dict(data_dir=tiny_data, latents_dir=latents, init_path=tiny_teacher, steps=1, batch_size=4,
+              feature_size=32, objective="both", device="cpu", progress=False)
+    decoder.train_decoder(run_dir=tmp_path / "run", out_path=tmp_path / "G.pt", resolution=8, **kw)
+    check_arrays_are_the_stored_ones(tasks[0].pairs, encode.load_latents(latents, prefix="pairs"))
+    for objective in ("distillation", "both"):  # base-resolution teacher samples are no 16x16 targets
+        with pytest.raises(ValueError, match=f"^objective '{objective}' applies to Stage 2 only"):
+            decoder.train_decoder(run_dir=tmp_path / "grow", out_path=tmp_path / "G16.pt", resolution=16,
+                                  **{**kw, "objective": objective})
+    assert len(tasks) == 1 and not (tmp_path / "grow").exists()
 
 
 def check_train_decoder_steps_with_the_runs_seed_and_logs_and_checkpoints_as_asked(grown_run):

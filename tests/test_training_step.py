@@ -246,7 +246,7 @@ def test_beta2_reaches_both_optimizers(tiny_teacher):
 
 def test_task_rejects_unknown_objectives_weightings_and_missing_pairs(tiny_teacher):
     with pytest.raises(ValueError, match="^" + re.escape(
-            "objective must be one of ('reconstruction', 'distillation', 'both'), got 'rec'") + "$"):
+            "objective must be one of ('reconstruction', 'distillation', 'both', 'none'), got 'rec'") + "$"):
         small_task(tiny_teacher, objective="rec")
     with pytest.raises(ValueError, match="^" + re.escape(
             "weighting must be one of ('adaptive', 'separate'), got 'fixed'") + "$"):
@@ -255,6 +255,36 @@ def test_task_rejects_unknown_objectives_weightings_and_missing_pairs(tiny_teach
         with pytest.raises(ValueError, match=f"^objective '{objective}' needs noise -> teacher-sample pairs$"):
             small_task(tiny_teacher, objective=objective, pairs=None)
     assert small_task(tiny_teacher, pairs=None).pairs is None  # reconstruction alone needs none
+    with pytest.raises(ValueError, match="^objective 'none' .* needs weighting='separate'"):
+        small_task(tiny_teacher, objective="none", pairs=None)
+
+
+def test_objective_none_steps_g_on_the_gan_term_alone(tiny_teacher, monkeypatch):
+    task = small_task(tiny_teacher, objective="none", weighting="separate", pairs=None)
+    by_hand = copy.deepcopy(task)
+    monkeypatch.setattr(decoder.DecoderTask, "reconstruction_loss", lambda *a: pytest.fail("L_rec was computed"))
+    m = task.g_step(0, loop.step_generator(0, 0))
+    (_, logits), = task.D.calls
+    assert m["rec"] == 0 and m["adv"] == pytest.approx(-logits.mean().item(), rel=1e-6) and m["lambda"] == pytest.approx(0.3)
+    # The GAN's labels are training labels drawn with the step's generator, then one update on 0.3 L_adv.
+    gen, sl = loop.step_generator(0, 0), loop.rank_slice(task.batch_size)
+    j = torch.randint(40, (8,), generator=gen)[sl]
+    y = torch.as_tensor((7 * np.arange(40)) % 10)[j]
+    assert torch.equal(task.D.labels[0], y)
+    by_hand._g_update(0.3 * by_hand.adversarial_loss(y, gen, sl), 0)
+    for a, b in zip(task.G.parameters(), by_hand.G.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_gan_weight_zero_with_separate_weighting_takes_no_gan_step(tiny_teacher):
+    task = small_task(tiny_teacher, weighting="separate", gan_weight=0.0)
+    by_hand = copy.deepcopy(task)
+    m = task.g_step(0, loop.step_generator(0, 0))
+    assert task.D.calls == [] and m["adv"] == 0 and m["lambda"] == 0
+    gen, sl = loop.step_generator(0, 0), loop.rank_slice(task.batch_size)
+    by_hand._g_update(by_hand.reconstruction_loss(gen, sl)[0], 0)  # L_rec's update and nothing after it
+    for a, b in zip(task.G.parameters(), by_hand.G.parameters()):
+        torch.testing.assert_close(a, b)
 
 
 def test_unconditional_generator_gets_no_labels(tiny_teacher, tmp_path):

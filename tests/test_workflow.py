@@ -48,6 +48,18 @@ def test_image_folder_needs_both_folders(config):
         check_config(bad)
 
 
+def test_distillation_objective_needs_teacher_pairs_and_no_growth_stage(config):
+    bad = copy.deepcopy(config)
+    bad["decoder"]["objective"] = "distillation"
+    with pytest.raises(ValueError, match="needs encode.teacher_pairs > 0"):
+        check_config(bad)
+    bad["encode"]["teacher_pairs"] = 100
+    with pytest.raises(ValueError, match="applies to Stage 2 only"):
+        check_config(bad)
+    bad["resolutions"], bad["decoder"]["stages"] = [8], bad["decoder"]["stages"][:1]
+    check_config(bad)
+
+
 def snakemake(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True)
 

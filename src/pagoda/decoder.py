@@ -22,7 +22,7 @@ from .losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hin
 from .growth import grow
 from .networks import UNet, num_params
 
-OBJECTIVES = ("reconstruction", "distillation", "both")
+OBJECTIVES = ("reconstruction", "distillation", "both", "none")  # none: the GAN alone (an ablation)
 WEIGHTINGS = ("adaptive", "separate")
 
 
@@ -112,8 +112,11 @@ class DecoderTask:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if objective != "reconstruction" and pairs is None:
+        if objective in ("distillation", "both") and pairs is None:
             raise ValueError(f"objective {objective!r} needs noise -> teacher-sample pairs")
+        if objective == "none" and weighting == "adaptive":
+            raise ValueError("objective 'none' (the GAN alone) needs weighting='separate': the adaptive weight "
+                             "is a ratio to L_rec's gradient")
         self.G, self.D, self.distance = G.to(device), D.to(device), distance.to(device)
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.latents = _indexable(latents)  # z stays memory-mapped (encode.ShardedArray): rows are read per batch
@@ -203,7 +206,12 @@ class DecoderTask:
         sl = loop.rank_slice(self.batch_size)
         for p in self.D.trainable_parameters():  # the G step never needs D's gradients
             p.requires_grad_(False)
-        rec, y = self.reconstruction_loss(generator, sl)
+        if self.objective == "none":  # no L_rec: the GAN's labels are drawn from the training labels
+            j = torch.randint(len(self.train_labels), (self.batch_size,), generator=generator,
+                              device=generator.device).cpu()[sl]
+            rec, y = torch.zeros((), device=self.device), self.train_labels[j]
+        else:
+            rec, y = self.reconstruction_loss(generator, sl)
         if self.weighting == "adaptive":
             # grad(L_rec + lambda L_adv) = grad L_rec + lambda grad L_adv: one backward pass per term, and
             # lambda from their last-layer parts, instead of extra passes through the feature networks.
@@ -217,10 +225,13 @@ class DecoderTask:
                 p.grad = gr + lam * ga
             self._apply_g_update(step)
         else:  # released code from 256 px on: a step on L_rec, then a step on the fixed-weight GAN term
-            self._g_update(rec, step)
-            adv = self.adversarial_loss(y, generator, sl)
-            lam = torch.tensor(self.gan_weight)
-            self._g_update(lam * adv, step)
+            if self.objective != "none":
+                self._g_update(rec, step)
+            # Weight 0 skips the GAN step (an ablation): a step on a zero gradient would still move G by RAdam's momentum.
+            adv, lam = torch.zeros((), device=self.device), torch.tensor(self.gan_weight)
+            if self.gan_weight != 0:
+                adv = self.adversarial_loss(y, generator, sl)
+                self._g_update(lam * adv, step)
         for p in self.D.trainable_parameters():
             p.requires_grad_(True)
         return {"rec": loop.mean_over_ranks(rec.detach()).item(), "adv": loop.mean_over_ranks(adv.detach()).item(),
@@ -288,7 +299,11 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
                      trainable_output_blocks=trainable_output_blocks, growth_head=growth_head, device=device)
     images, labels, classes = load_dataset(data_dir, "train", resolution)
     latents = load_latents(latents_dir)
-    pairs = load_latents(latents_dir, prefix="pairs") if objective != "reconstruction" else None
+    if objective in ("distillation", "both") and G.config.out_resolution != G.config.img_resolution:
+        raise ValueError(f"objective {objective!r} applies to Stage 2 only: its teacher pairs are "
+                         f"{G.config.img_resolution}x{G.config.img_resolution} samples, not {resolution}x{resolution} "
+                         "targets; grow with 'reconstruction' (or 'none')")
+    pairs = load_latents(latents_dir, prefix="pairs") if objective in ("distillation", "both") else None
     # Frozen feature networks, shared by the distance and D (paper: DeiT-B + EfficientNet-lite0 via timm).
     backbone = feature_networks(backbones, feature_size, source=backbone_source)
     d_backbone = backbone if d_feature_size in (None, feature_size) else \

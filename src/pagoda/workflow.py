@@ -33,8 +33,12 @@ def check_config(config):
     if len(stages) != len(res):
         raise ValueError(f"decoder.stages has {len(stages)} entries but resolutions {res} has {len(res)}: "
                          "give one stage per resolution (the teacher's first)")
-    if config["decoder"]["objective"] != "reconstruction" and config["encode"]["teacher_pairs"] == 0:
-        raise ValueError(f"decoder.objective = {config['decoder']['objective']} needs encode.teacher_pairs > 0")
+    objective = config["decoder"]["objective"]
+    if objective != "reconstruction" and config["encode"]["teacher_pairs"] == 0:
+        raise ValueError(f"decoder.objective = {objective} needs encode.teacher_pairs > 0")
+    if objective != "reconstruction" and len(res) > 1:
+        raise ValueError(f"decoder.objective = {objective} applies to Stage 2 only (its teacher pairs are "
+                         f"{res[0]}x{res[0]} samples): list only the teacher's resolution, or use reconstruction")
 
 
 def notebook_parameters(**parameters):
