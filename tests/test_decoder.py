@@ -319,7 +319,7 @@ def check_train_decoder_fingerprints_its_settings_and_inputs_in_run_json(grown_r
         "stage": "decoder", "backbones": ["EfficientNetLite0:efficientnet_lite0"], "beta2": 0.999, "curve_points": 0,
         "network": json.loads(json.dumps(grown_config().to_dict())), "world_size": 1,
         "init": fingerprint(tiny_teacher), "latents": [fingerprint(p) for p in sorted(latents.glob("shard-*.npz"))],
-        "data": fingerprint(tiny_data / "train_16.npz")})
+        "pairs": None, "data": fingerprint(tiny_data / "train_16.npz")})
     assert len(expected["latents"]) == 3 and run_json == expected
 
 
@@ -386,11 +386,22 @@ def test_stage2_with_distillation_reads_the_teacher_pairs_and_growth_refuses_the
               feature_size=32, objective="both", device="cpu", progress=False)
     decoder.train_decoder(run_dir=tmp_path / "run", out_path=tmp_path / "G.pt", resolution=8, **kw)
     check_arrays_are_the_stored_ones(tasks[0].pairs, encode.load_latents(latents, prefix="pairs"))
+    import json
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["pairs"] == [
+        fingerprint(p) for p in sorted(latents.glob("pairs-*.npz"))]
+    # Pairs from a folder of their own (another teacher's), the latents from the usual one.
+    other = tmp_path / "pairs"
+    other.mkdir()
+    stored = dict(np.load(latents / "pairs-00000.npz"))
+    np.savez(other / "pairs-00000.npz", **{**stored, "x": -stored["x"]})
+    decoder.train_decoder(run_dir=tmp_path / "run2", out_path=tmp_path / "G2.pt", resolution=8, pairs_dir=other, **kw)
+    check_arrays_are_the_stored_ones(tasks[1].pairs, encode.load_latents(other, prefix="pairs"))
+    check_arrays_are_the_stored_ones(tasks[1].latents, encode.load_latents(latents))
     for objective in ("distillation", "both"):  # base-resolution teacher samples are no 16x16 targets
         with pytest.raises(ValueError, match=f"^objective '{objective}' applies to Stage 2 only"):
             decoder.train_decoder(run_dir=tmp_path / "grow", out_path=tmp_path / "G16.pt", resolution=16,
                                   **{**kw, "objective": objective})
-    assert len(tasks) == 1 and not (tmp_path / "grow").exists()
+    assert len(tasks) == 2 and not (tmp_path / "grow").exists()
 
 
 def check_train_decoder_steps_with_the_runs_seed_and_logs_and_checkpoints_as_asked(grown_run):

@@ -279,7 +279,7 @@ def curve_steps(steps, points):
 
 def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolution, steps=500, batch_size=32,
                   lr_g=1e-4, lr_d=2e-3, beta2=0.999, gan_weight=0.2, weighting="adaptive", ema_decay=0.999,
-                  distance="feature", objective="reconstruction", feature_size=224, d_feature_size=None,
+                  distance="feature", objective="reconstruction", pairs_dir=None, feature_size=224, d_feature_size=None,
                   backbones=("efficientnet_lite0",), backbone_source="offline",
                   growth_channels=None, growth_res_blocks=2, trainable_output_blocks=None, growth_head="residual",
                   sigma_max=edm.SIGMA_MAX, seed=0, checkpoint_every=100, curve_points=0, log_every=None,
@@ -290,7 +290,8 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
     the GAN's real images are the whole training set at `resolution`. Writes `out_path` (EMA and raw
     weights, frozen ones included) when all `steps` are done and returns a summary. `curve_points`: also
     keep the EMA generator at that many evenly spaced steps, the last one included, in run_dir/snapshots
-    (`evaluate.learning_curve`).
+    (`evaluate.learning_curve`). L_dstl's noise -> teacher-sample pairs are read from `pairs_dir` (default:
+    `latents_dir`).
     """
     device = loop.resolve_device(device)
     loop.init_distributed(device)
@@ -303,7 +304,7 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
         raise ValueError(f"objective {objective!r} applies to Stage 2 only: its teacher pairs are "
                          f"{G.config.img_resolution}x{G.config.img_resolution} samples, not {resolution}x{resolution} "
                          "targets; grow with 'reconstruction' (or 'none')")
-    pairs = load_latents(latents_dir, prefix="pairs") if objective in ("distillation", "both") else None
+    pairs = load_latents(pairs_dir or latents_dir, prefix="pairs") if objective in ("distillation", "both") else None
     # Frozen feature networks, shared by the distance and D (paper: DeiT-B + EfficientNet-lite0 via timm).
     backbone = feature_networks(backbones, feature_size, source=backbone_source)
     d_backbone = backbone if d_feature_size in (None, feature_size) else \
@@ -323,6 +324,8 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
         "seed": seed, "curve_points": curve_points, "world_size": loop.world_size(),
         "init": loop.file_fingerprint(init_path),
         "latents": [loop.file_fingerprint(p) for p in list_shards(latents_dir)],
+        "pairs": [loop.file_fingerprint(p) for p in list_shards(pairs_dir or latents_dir, prefix="pairs")]
+        if pairs is not None else None,
         "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))})
     rows = loop.run(task, run_dir=run_dir, total_steps=steps, seed=seed, checkpoint_every=checkpoint_every,
                     snapshot_steps=curve_steps(steps, curve_points), log_every=log_every, device=device,
