@@ -1,7 +1,7 @@
 # Shared helpers (paths, semantic config checks, the papermill command), included first by the Snakefile.
 import json
 
-from pagoda import encode, evaluate, layout
+from pagoda import ablations, encode, evaluate, layout
 from pagoda.workflow import check_config, decoder_stage, notebook_parameters
 
 check_config(config)
@@ -11,6 +11,9 @@ RESOLUTIONS = config["resolutions"]
 BASE = RESOLUTIONS[0]
 SPLITS = ["train", "test"]
 TEACHER = layout.teacher_path(R)
+# The teacher run's EMA at fewer steps: the weaker teachers of the teacher_quality ablation.
+TEACHER_SNAPSHOT_STEPS = ablations.teacher_snapshot_steps(config)
+TEACHER_SNAPSHOTS = [ablations.teacher_snapshot_path(R, s) for s in TEACHER_SNAPSHOT_STEPS]
 
 # Every stage runs its notebook with papermill; the executed copy is the rule's log, so it is kept
 # when the stage fails. OMP_NUM_THREADS gives torch the job's threads; PYTHONPATH lets the conda
@@ -50,6 +53,7 @@ def teacher_parameters():
         lr_warmup_steps=t.get("lr_warmup_steps", 0),
         ema_decay=t.get("ema_decay", 0),
         checkpoint_every=t.get("checkpoint_every", 1),
+        snapshot_steps=TEACHER_SNAPSHOT_STEPS,
         sampler_points=t["sampler_points"],
         seed=config["seed"],
         device=config["device"],

@@ -29,6 +29,7 @@ else:
             data=data_file("train", BASE),
         output:
             teacher=TEACHER,
+            snapshots=TEACHER_SNAPSHOTS,
         log:
             notebook=f"{R}/notebooks/04_teacher.ipynb",
             stderr=f"{R}/logs/train_teacher.log",

@@ -49,6 +49,22 @@ def test_short_training_lowers_the_loss(real_data, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 61))  # ~100 rows per run: every step here
 
 
+def test_snapshots_are_the_ema_of_a_run_stopped_at_their_step(real_data, tmp_path):
+    kw = dict(data_dir=real_data, resolution=8, network=TINY, batch_size=16, lr=2e-3, lr_warmup_steps=2,
+              checkpoint_every=100, progress=False, device="cpu")
+    train_teacher(run_dir=tmp_path / "long", out_path=tmp_path / "long.pt", total_steps=7, snapshot_steps=[3, 5], **kw)
+    assert sorted(p.name for p in (tmp_path / "long" / "snapshots").iterdir()) == ["step-00000003.pt", "step-00000005.pt"]
+    assert json.loads((tmp_path / "long" / "run.json").read_text())["snapshot_steps"] == [3, 5]
+    train_teacher(run_dir=tmp_path / "short", out_path=tmp_path / "short.pt", total_steps=5, **kw)
+    snap, meta = load_network(tmp_path / "long" / "snapshots" / "step-00000005.pt", expect_kind="teacher")
+    ema, _ = load_network(tmp_path / "short.pt", which="ema", expect_kind="teacher")
+    assert meta["steps"] == 5 and not (tmp_path / "short" / "snapshots").exists()
+    for (k, a), b in zip(snap.state_dict().items(), ema.state_dict().values()):
+        assert torch.equal(a, b), k
+    final, _ = load_network(tmp_path / "long.pt", which="ema", expect_kind="teacher")
+    assert any(not torch.equal(a, b) for a, b in zip(final.state_dict().values(), snap.state_dict().values()))
+
+
 class CrashAt:
     """Wraps a task and raises in the middle of a run, as a killed job would stop."""
 

@@ -227,7 +227,7 @@ class DecoderTask:
         else:  # released code from 256 px on: a step on L_rec, then a step on the fixed-weight GAN term
             if self.objective != "none":
                 self._g_update(rec, step)
-            # Weight 0 skips the GAN step (an ablation): a step on a zero gradient would still move G by RAdam's momentum.
+            # Weight 0 skips the GAN step (an ablation): a zero-gradient step would still move G by RAdam's momentum.
             adv, lam = torch.zeros((), device=self.device), torch.tensor(self.gan_weight)
             if self.gan_weight != 0:
                 adv = self.adversarial_loss(y, generator, sl)

@@ -1,6 +1,7 @@
 """Stage 1: the EDM teacher diffusion model at the base resolution (PaGoDA Sec. 3.1; EDM Sec. 5)."""
 
 import copy
+import pathlib
 
 import torch
 
@@ -30,6 +31,10 @@ class TeacherTask:
 
     def optimizers(self):
         return {"adam": self.opt}
+
+    def save_snapshot(self, path):
+        """The EMA network alone, in the teacher's format: a weaker teacher (the teacher_quality ablation)."""
+        save_network(path, self.ema, kind="teacher", meta={"steps": int(pathlib.Path(path).stem.split("-")[1])})
 
     def step(self, step, generator):
         loss = self.gradients(step, generator)
@@ -64,14 +69,16 @@ class TeacherTask:
 
 def train_teacher(*, data_dir, resolution, run_dir, out_path, network, total_steps=2000, batch_size=128,
                   lr=1e-3, lr_warmup_steps=200, ema_decay=0.999, p_mean=-1.2, p_std=1.2, seed=0,
-                  checkpoint_every=500, log_every=None, device="auto", progress=True, max_steps_this_call=None,
-                  import_path=None):
+                  checkpoint_every=500, snapshot_steps=(), log_every=None, device="auto", progress=True,
+                  max_steps_this_call=None, import_path=None):
     """Train the class-conditional teacher on {data_dir}/train_{resolution}.npz; write `out_path` when done.
 
     `network` is a dict of UNetConfig fields (img_resolution, channels and classes come from the data).
     With `import_path` (paper scale) nothing is trained: the ADM-format checkpoint there (the EDM
     ImageNet-64 teacher) is mapped onto that network and written to `out_path` (`pagoda.adm`).
-    Returns a summary dict (steps, final loss, parameter count, seconds, device).
+    At each of `snapshot_steps` the EMA network is also kept, as run_dir/snapshots/step-*.pt: the weaker
+    teachers of the teacher_quality ablation. Returns a summary dict (steps, final loss, parameter count,
+    seconds, device).
     """
     device = loop.resolve_device(device)
     loop.init_distributed(device)
@@ -86,11 +93,12 @@ def train_teacher(*, data_dir, resolution, run_dir, out_path, network, total_ste
                        ema_decay=ema_decay, p_mean=p_mean, p_std=p_std, device=device)
     loop.prepare_run_dir(run_dir, {"stage": "teacher", "network": cfg.to_dict(), "batch_size": batch_size, "lr": lr,
                                    "lr_warmup_steps": lr_warmup_steps, "ema_decay": ema_decay, "p_mean": p_mean,
-                                   "p_std": p_std, "seed": seed, "world_size": loop.world_size(),
+                                   "p_std": p_std, "seed": seed, "snapshot_steps": sorted(snapshot_steps),
+                                   "world_size": loop.world_size(),
                                    "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))})
     rows = loop.run(task, run_dir=run_dir, total_steps=total_steps, seed=seed, checkpoint_every=checkpoint_every,
-                    log_every=log_every, device=device, progress=progress, desc="teacher",
-                    max_steps_this_call=max_steps_this_call)
+                    snapshot_steps=set(snapshot_steps), log_every=log_every, device=device, progress=progress,
+                    desc="teacher", max_steps_this_call=max_steps_this_call)
     done = bool(rows) and rows[-1]["step"] == total_steps
     timing = loop.read_timing(run_dir)
     summary = {"steps": rows[-1]["step"] if rows else 0, "final_loss": rows[-1]["loss"] if rows else None,
