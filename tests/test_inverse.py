@@ -572,3 +572,32 @@ def test_baselines_restore_every_channel_of_rgb_images():
         grey_blur = inverse.GaussianBlur((1, 12, 12), 1.0)
         torch.testing.assert_close(sharp[:, c:c + 1], inverse.richardson_lucy(grey_blur(grey), grey_blur, iterations=5))
     assert inverse.ssim(filled, x).shape == (2,) and inverse.psnr(sharp, x).shape == (2,)
+
+
+def test_sr_at_matched_compute_buys_adam_steps_with_the_inversions_time(tiny_teacher, grown, tiny_data, tmp_path,
+                                                                        monkeypatch):
+    judge.train_judge(data_dir=tiny_data, resolution=16, run_dir=tmp_path / "judge", out_path=tmp_path / "judge.pt",
+                      steps=2, batch_size=8, width=4, feature_dim=8, progress=False, device="cpu")
+    ctx = inverse_study.Context(data_dir=tiny_data, teacher_path=tiny_teacher, decoder_path=grown,
+                                judge_path=tmp_path / "judge.pt", n_images=6, num_points=3, feature_size=32)
+    calls = []
+    real_optimize = inverse.optimize_latent
+
+    def timed(fn, *args, **kwargs):  # a machine where inversion takes 2 s, decoding 1 s and an Adam step 0.5 s
+        out = fn(*args, **kwargs)
+        if fn is inverse.optimize_latent:
+            calls.append((kwargs["steps"], kwargs["z0"]))
+            return out, 0.5 * kwargs["steps"]
+        return out, 2.0 if fn == ctx.encode_low else 1.0
+    monkeypatch.setattr(inverse, "timed", timed)
+    monkeypatch.setattr(inverse, "optimize_latent", lambda *a, **kw: real_optimize(*a, **{**kw, "steps": 0}))
+    table = inverse_study.sr_at_matched_compute(ctx, multiples=(1, 4), probe_steps=3)
+    # Budget 3 s: from the prior 3 / 0.5 = 6 steps; from the inversion (3 - 2) / 0.5 = 2; at 4x 24 and 20.
+    assert [c[0] for c in calls] == [3, 6, 2, 24, 20]
+    z_inv = ctx.encode_low(inverse.Downsample((1, 16, 16), 8)(ctx.x))
+    assert torch.equal(calls[2][1], z_inv) and torch.equal(calls[1][1], ctx.prior())
+    assert table.method.tolist() == ["inversion"] + ["optim_prior", "optim_inversion"] * 2
+    assert table.budget.tolist() == [1.0, 1.0, 1.0, 4.0, 4.0] and table.steps.tolist() == [0, 6, 2, 24, 20]
+    # Seconds per image: the budget's, with the inversion's 2 s counted where optimisation starts from it.
+    assert table.sec_per_image.tolist() == pytest.approx([3 / 6, 3 / 6, (1 + 2) / 6, 12 / 6, (10 + 2) / 6])
+    assert (table.task == "sr2").all()
