@@ -19,6 +19,7 @@ include: "rules/decoder.smk"
 include: "rules/evaluate.smk"
 include: "rules/inverse.smk"
 include: "rules/report.smk"
+include: "rules/ablations.smk"
 
 
 rule all:

@@ -1,5 +1,6 @@
 # Shared helpers (paths, semantic config checks, the papermill command), included first by the Snakefile.
 import json
+import pathlib
 
 from pagoda import ablations, encode, evaluate, layout
 from pagoda.workflow import check_config, decoder_stage, notebook_parameters
@@ -167,3 +168,111 @@ FIGURES = ["fd_vs_resolution", "recall_vs_resolution", "speed_quality"] + [f"sam
 TOP = RESOLUTIONS[-1]
 INVERSE_FIGURES = [f"inverse_{t}" for t in (f"sr{TOP // BASE}", "inpaint_box", "inpaint_random", "deblur")] + [
     "class_transfer", "interpolation"]
+
+
+# ----------------------------------------------------------------------------
+# The ablations target (rules/ablations.smk).
+
+ABL = config["ablations"]
+VARIANTS = {v.key: v for v in ablations.decoder_variants(config)}
+ABLATION_SEEDS = ABL["seeds"]
+TEACHER_STEPS_POINTS = ABL["teacher_steps_points"]
+SR_COMPUTE = f"{R}/ablations/eval/sr_compute.csv"
+
+
+def ablation_job(job):
+    """The shell command of one job: `python -m pagoda.ablations JOB 'JSON keywords'`."""
+    return (f"PYTHONPATH=src OMP_NUM_THREADS={{threads}} python -m pagoda.ablations {job} {{params.kwargs:q}} "
+            "> {log} 2>&1")
+
+
+def teacher_pairs_path(step):
+    return f"{R}/ablations/teacher{step}/pairs/pairs-00000.npz"
+
+
+def latents_input(latents_dir):
+    return LATENTS if latents_dir == f"{R}/latents" else f"{latents_dir}/summary.json"
+
+
+def variant_stage(wildcards):
+    """(variant, stage index, train_decoder keywords) of one trained decoder of the ablations."""
+    variant = VARIANTS[wildcards.key]
+    index = [r for r, _ in variant.stages].index(int(wildcards.res))
+    return variant, index, ablations.stage_arguments(config, variant, int(wildcards.seed), index)
+
+
+def variant_stage_inputs(wildcards):
+    _, _, kwargs = variant_stage(wildcards)
+    inputs = {"init": kwargs["init_path"], "latents": latents_input(kwargs["latents_dir"]),
+              "data": data_file("train", wildcards.res)}
+    if "pairs_dir" in kwargs:
+        inputs["pairs"] = f"{kwargs['pairs_dir']}/pairs-00000.npz"
+    return inputs
+
+
+def encode_teacher_kwargs(step):
+    snapshot = step != ""
+    return json.dumps(dict(
+        teacher_path=ablations.teacher_snapshot_path(R, int(step)) if snapshot else TEACHER,
+        latents_dir=f"{R}/ablations/teacher{step}/latents" if snapshot else None,
+        pairs_dir=f"{R}/ablations/teacher{step}/pairs", n_pairs=ABL["teacher_pairs"],
+        encode={k: v for k, v in encode_parameters().items() if k not in ("teacher_path", "out_dir", "device")},
+        seed=config["seed"], device=config["device"]))
+
+
+def ablation_record(key, seed):
+    """A variant's evaluation record: the default table's row where the variant is the default run."""
+    variant = VARIANTS[key]
+    if ablations.is_default(variant, config, seed) and ABL["n_samples"] == config["evaluate"]["n_samples"]:
+        return record_path("pagoda", variant.resolution)
+    trained_as = pathlib.Path(ablations.decoder_dir(config, variant, seed)).parent.name  # one run, one record
+    return f"{R}/ablations/eval/{trained_as}_seed{seed}.json"
+
+
+def teacher_record(step):
+    """The judged samples of one teacher of teacher_quality: the default table's row for the teacher itself."""
+    if step == "" and ABL["n_samples"] == config["evaluate"]["n_samples"]:
+        return record_path("teacher_ode", BASE)
+    return f"{R}/ablations/eval/teacher{step}.json"
+
+
+def evaluate_kwargs(method, res, output, **extra):
+    """`evaluate.evaluate`'s keywords: the evaluation's settings, the ablations' sample count."""
+    ev = config["evaluate"]
+    return json.dumps(dict(
+        method=method, resolution=int(res), resolutions=RESOLUTIONS, reference_path=reference_path(res),
+        judge_path=judge_path(res), out_path=output.record, samples_path=output.samples,
+        n_samples=ABL["n_samples"], seed=config["seed"], data_dir=f"{R}/data",
+        feature_size=ev["feature_size"], k=ev["k"], swd_min_resolution=ev["swd_min_resolution"],
+        swd_descriptors_per_image=ev["swd_descriptors_per_image"], swd_projections=ev["swd_projections"],
+        inception_dir=ev["inception_dir"], keep_samples=ev["keep_samples"], batch_size=ev["batch_size"],
+        device=config["device"], **extra))
+
+
+def ablation_samples(record):
+    return record.replace(f"{R}/eval/", f"{R}/eval/samples/").replace(f"{R}/ablations/eval/",
+                                                                       f"{R}/ablations/eval/samples/")[:-5] + ".npz"
+
+
+def ablation_rows():
+    """The rows of results/ablations.csv, as `ablations.table` reads them."""
+    rows = []
+    for key, v in VARIANTS.items():
+        for seed in ABLATION_SEEDS:
+            record, out_dir = ablation_record(key, seed), ablations.decoder_dir(config, v, seed)
+            rows.append(dict(ablation=v.ablation, variant=v.name, seed=seed, resolution=v.resolution, record=record,
+                             samples=ablation_samples(record), run_dirs=[f"{out_dir}/{r}" for r, _ in v.stages],
+                             base_samples=samples_path("pagoda", BASE) if v.resolution != BASE else None))
+    for step in ["", *map(str, TEACHER_SNAPSHOT_STEPS)]:
+        rows.append(dict(ablation="teacher_quality", variant=f"teacher_ode-teacher{step}", seed=config["seed"],
+                         resolution=BASE, record=teacher_record(step)))
+    for r in RESOLUTIONS:
+        rows.append(dict(ablation="teacher_steps", variant="pagoda", seed=config["seed"], resolution=r,
+                         record=record_path("pagoda", r)))
+        rows += [dict(ablation="teacher_steps", variant=f"heun_{2 * p - 1}nfe", seed=config["seed"], resolution=r,
+                      record=f"{R}/ablations/eval/teacher_steps-points{p}_{r}.json") for p in TEACHER_STEPS_POINTS]
+    return rows
+
+
+ABLATION_FIGURES = sorted({f"{R}/figures/ablation_{v.ablation}.png" for v in VARIANTS.values()}) + [
+    f"{R}/figures/ablation_{name}.png" for name in ("teacher_steps", "sr_inversion")]

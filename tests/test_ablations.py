@@ -41,6 +41,10 @@ def test_which_variants_are_the_default_runs(config):
     assert not any(ablations.is_default(v, config, seed=1) for v in variants.values())
     assert ablations.decoder_dir(config, variants["placement-full"], 0) == "results/decoder"
     assert ablations.decoder_dir(config, variants["placement-full"], 1) == "results/ablations/placement-full/seed1"
+    # The same training under two names is done once: the default head's variant is growth_factor's 2x.
+    assert ablations.decoder_dir(config, variants["growth_head-residual"], 1) == \
+        ablations.decoder_dir(config, variants["growth_factor-2x"], 1) == "results/ablations/growth_factor-2x/seed1"
+    assert ablations.decoder_dir(config, variants["growth_head-shared"], 1) == "results/ablations/growth_head-shared/seed1"
 
 
 def test_growth_stage_arguments_are_the_default_stage_with_the_variants_changes(config):
@@ -95,3 +99,132 @@ def test_resolutions_and_an_imported_teacher_rule_variants_out(config):
     shared_default["decoder"]["growth_head"] = "shared"
     assert [v.name for v in ablations.decoder_variants(shared_default) if v.ablation == "growth_head"] == [
         "shared", "residual"]
+
+
+# ----------------------------------------------------------------------------
+# The table, its summary over seeds and the claims, on records written here.
+
+def write_record(path, **metrics):
+    import json
+    record = {"nfe": 1.0, **{m: 1.0 for m in ablations.METRICS}, **metrics}
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_table_reads_records_placement_and_training_time(tmp_path):
+    import json
+
+    import numpy as np
+
+    from pagoda.evaluate import save_samples
+    base = np.broadcast_to((20 + 30 * np.arange(6, dtype=np.uint8))[:, None, None, None], (6, 1, 8, 8)).copy()
+    high = base.repeat(4, -1).repeat(4, -2)  # flat 32 px images of the base images' grey levels: in place
+    save_samples(tmp_path / "base.npz", base, None, 1, 1.0)
+    save_samples(tmp_path / "high.npz", high[:4], None, 1, 1.0)
+    for i, seconds in enumerate((3.0, 4.5)):
+        (tmp_path / f"run{i}").mkdir()
+        (tmp_path / f"run{i}" / "timing.json").write_text(json.dumps({"seconds": seconds}))
+    rows = [dict(ablation="placement", variant="full", seed=0, resolution=32,
+                 record=write_record(tmp_path / "a.json", fd_judge=2.5, nfe=1.0), samples=str(tmp_path / "high.npz"),
+                 base_samples=str(tmp_path / "base.npz"), run_dirs=[str(tmp_path / "run0"), str(tmp_path / "run1")]),
+            dict(ablation="teacher_steps", variant="heun-points3", seed=0, resolution=8,
+                 record=write_record(tmp_path / "b.json", fd_judge=7.0, nfe=5.0))]
+    t = ablations.table(rows)
+    assert list(t.columns) == ["ablation", "variant", "seed", "resolution", "nfe", *ablations.METRICS, "placement",
+                               "placement_shuffled", "seconds"]
+    assert t.fd_judge.tolist() == [2.5, 7.0] and t.nfe.tolist() == [1.0, 5.0] and t.seconds.iloc[0] == 7.5
+    # Against the first 4 base images; shuffled, each is paired with its neighbour (30 or 90 grey levels apart).
+    assert t.placement.iloc[0] == pytest.approx(0, abs=1e-6)
+    assert t.placement_shuffled.iloc[0] == pytest.approx((90 + 30 * 3) / 4 / 255, rel=1e-4)
+    assert np.isnan(t.placement.iloc[1]) and np.isnan(t.seconds.iloc[1])
+
+
+def summary_of(values):
+    """A summary from {(ablation, variant): [fd_judge per seed]} (placement = fd_judge / 10)."""
+    import pandas as pd
+    rows = [dict(ablation=a, variant=v, seed=s, resolution=8, **{m: x for m in ablations.METRICS}, placement=x / 10,
+                 seconds=1.0) for (a, v), xs in values.items() for s, x in enumerate(xs)]
+    return ablations.summarise(pd.DataFrame(rows))
+
+
+def test_summary_gives_mean_spread_and_seeds():
+    s = summary_of({("placement", "full"): [1.0, 3.0], ("placement", "no_rec"): [10.0]})
+    full = s[s.variant == "full"].iloc[0]
+    assert (full.fd_judge_mean, full.fd_judge_spread, full.seeds) == (2.0, 2.0, 2)
+    assert s[s.variant == "no_rec"].iloc[0].seeds == 1
+
+
+def test_difference_is_clear_only_beyond_the_larger_spread_and_with_two_seeds():
+    s = summary_of({("g", "a"): [1.0, 1.2], ("g", "b"): [2.0, 3.0], ("g", "c"): [1.5, 2.5], ("g", "d"): [5.0]})
+    d, clear, text = ablations.difference(s, "g", "b", "a", "fd_judge")
+    assert d == pytest.approx(1.4) and clear and "spread 1" in text  # 1.4 > max(0.2, 1.0)
+    d, clear, _ = ablations.difference(s, "g", "c", "a", "fd_judge")
+    assert d == pytest.approx(0.9) and not clear  # 0.9 > 0.2 but not > 1.0
+    _, clear, text = ablations.difference(s, "g", "d", "a", "fd_judge")
+    assert not clear and "one seed" in text
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_claims_hold_or_not_as_the_numbers_say(good):
+    rec, dstl = ([1.0, 1.1], [3.0, 3.2]) if good else ([3.0, 3.2], [1.0, 1.1])
+    tq = "teacher_quality"
+    values = {(tq, "teacher_ode-teacher"): [0.3], (tq, "teacher_ode-teacher100"): [9.0],
+              (tq, "reconstruction-teacher"): [0.8, 0.9], (tq, "distillation-teacher"): [0.8, 0.9],
+              (tq, "reconstruction-teacher100"): rec, (tq, "distillation-teacher100"): dstl,
+              ("growth_factor", "2x"): [4.0, 4.2], ("growth_factor", "4x"): [4.5, 4.9] if good else [5.2, 5.6],
+              ("placement", "full"): [4.0, 4.2], ("placement", "no_rec"): [9.0, 9.5] if good else [3.0, 3.1],
+              ("placement", "no_gan"): [9.0, 9.5] if good else [3.0, 3.1],
+              ("growth_head", "residual"): [1.0, 1.1], ("growth_head", "shared"): [2.0, 2.1] if good else [0.5, 0.6],
+              ("teacher_steps", "pagoda"): [1.0], ("teacher_steps", "heun-points9"): [2.0] if good else [0.5]}
+    c = ablations.claims(summary_of(values))
+    assert len(c) == 7 and c.holds.tolist() == [good] * 7
+    assert c.beyond_seed_spread.tolist()[:6] == [True] * 6 and c.beyond_seed_spread.iloc[6] is None
+    assert "teacher100" in c.claim.iloc[0] and "weakest" in c.claim.iloc[0]
+
+
+def test_claims_leave_out_what_a_partial_run_lacks():
+    c = ablations.claims(summary_of({("placement", "full"): [1.0], ("teacher_quality", "teacher_ode-teacher"): [0.3],
+                                     ("teacher_quality", "reconstruction-teacher"): [0.5],
+                                     ("teacher_steps", "pagoda"): [1.0], ("teacher_steps", "heun_5nfe"): [0.9]}))
+    assert c.claim.tolist() == ["one PaGoDA step beats the teacher's Heun sampler at every budget tried at 8x8"]
+    assert not c.holds.iloc[0]
+
+
+@pytest.mark.parametrize("inversion_wins", [True, False])
+def test_sr_rows_join_the_table_and_judge_inversion_at_matched_time(tmp_path, inversion_wins):
+    import pandas as pd
+    sr = pd.DataFrame({"task": "sr4", "method": ["inversion", "optim_prior", "optim_inversion", "optim_prior"],
+                       "psnr": [20.0, 18.0, 19.0, 21.0], "ssim": 0.5, "judge_distance": [0.3, 0.5, 0.4, 0.2],
+                       "kid_judge": 0.01, "effnet_distance": 1.0, "sec_per_image": [0.01, 0.01, 0.01, 0.04],
+                       "n_images": 100, "budget": [1.0, 1.0, 1.0, 4.0], "steps": [0, 5, 2, 20]})
+    if not inversion_wins:
+        sr.loc[2, "judge_distance"] = 0.25  # optimisation from the inversion's latent wins at the same time
+    sr.to_csv(tmp_path / "sr.csv", index=False)
+    t = ablations.table([], sr_path=tmp_path / "sr.csv", sr_resolution=32, seed=0)
+    assert t.variant.tolist() == ["inversion", "optim_prior-1x", "optim_inversion-1x", "optim_prior-4x"]
+    assert (t.resolution == 32).all() and t.steps.tolist() == [0, 5, 2, 20] and t.psnr.iloc[3] == 21.0
+    c = ablations.claims(ablations.summarise(t))
+    assert c.claim.tolist() == ["super-resolution: inversion beats latent optimisation given the same time per image "
+                                "(paper Sec. 5.2)"]
+    assert c.holds.iloc[0] == inversion_wins  # the 4x budget beating inversion does not count against it
+
+
+def test_every_ablation_has_its_figure(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from pagoda import plots
+    rows = [dict(ablation=a, variant=v, seed=s, resolution=r, nfe=n, fd_judge=1.0 + s, recall_judge=0.5,
+                 placement=0.1 if a != "teacher_steps" else float("nan"))
+            for a, v, r, n in [*(("teacher_quality", f"teacher_ode-{t}", 8, 79) for t in ("teacher", "teacher100")),
+                               *(("teacher_quality", f"{o}-{t}", 8, 1) for o in ("reconstruction", "distillation")
+                                 for t in ("teacher", "teacher100")),
+                               ("placement", "full", 32, 1), ("placement", "no_rec", 32, 1),
+                               ("teacher_steps", "pagoda", 8, 1), ("teacher_steps", "heun_5nfe", 8, 5)]
+            for s in (0, 1)]
+    rows += [dict(ablation="sr_inversion", variant=v, seed=0, resolution=32, judge_distance=0.3, psnr=20.0,
+                  sec_per_image=0.01) for v in ("inversion", "optim_prior-1x")]
+    t = pd.DataFrame(rows)
+    panels = {a: len(plots.ablation_figure(t, a).axes) for a in t.ablation.unique()}
+    assert panels == {"teacher_quality": 1, "placement": 3, "teacher_steps": 1, "sr_inversion": 3}

@@ -79,6 +79,19 @@ def test_dry_run_schedules_every_stage(tmp_path):
         "make_report": 1, "all": 1}
 
 
+def test_ablations_dry_run_trains_each_variant_once_and_reuses_the_default_run(tmp_path):
+    out = snakemake("-n", f"{tmp_path}/res/ablations.csv", "--config", f"results={tmp_path}/res")
+    assert out.returncode == 0, out.stderr + out.stdout
+    jobs = job_counts(out.stdout)
+    # 13 variants x 2 seeds, less the 4 that are the default run at seed 0 and growth_head's default (growth_factor's
+    # 2x, 2 stages) at seed 1; the default run's own stages and 4 of its rows (the rest of it is not needed).
+    assert jobs["train_ablation_decoder"] == 6 * 2 - 1 + 2 * 2 - 2 + 2 + 2 * 1 - 1 + 2 * 1 + 2 * 1 + 2 * 2 == 24
+    assert jobs["evaluate_ablation_decoder"] == 21 and jobs["evaluate_teacher_steps"] == 4 * 3
+    assert (jobs["train_teacher"], jobs["train_decoder"], jobs["grow_decoder"], jobs["evaluate_method"]) == (1, 1, 2, 4)
+    assert (jobs["encode_teacher_snapshot"], jobs["draw_teacher_pairs"], jobs["evaluate_teacher_snapshot"]) == (2, 1, 2)
+    assert "solve_inverse_problems" not in jobs and jobs["compare_sr_compute"] == jobs["tabulate_ablations"] == 1
+
+
 def test_paper_scale_dry_run_with_the_slurm_profile():
     """config/imagenet.yaml through profiles/slurm and the default target (the CI check of the cluster run)."""
     out = snakemake("-n", "--profile", "profiles/slurm", "--configfile", "config/imagenet.yaml")

@@ -188,7 +188,9 @@ METRIC_TITLES = {"fd_judge": "FD, judge features", "swd": "SWD x1e3, pixels (mea
                  "swd_finest": "SWD x1e3, pixels (finest level)", "fd_effnet": "FD, EfficientNet (training space)",
                  "fid_inception": "FID (Inception)", "recall_judge": "recall, judge features",
                  "recall": "recall, EfficientNet (training space)", "precision_judge": "precision, judge features",
-                 "kid_judge": "KID, judge features"}
+                 "kid_judge": "KID, judge features", "placement": "placement error, pixels",
+                 "judge_distance": "distance to the truth, judge features", "psnr": "PSNR, dB",
+                 "sec_per_image": "seconds per image"}
 
 
 def plot_metrics_vs_resolution(table, metrics, *, logy=True):
@@ -256,3 +258,79 @@ def save_figure(fig, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+# ----------------------------------------------------------------------------
+# The ablations' figures (results/figures/ablation_*.png).
+
+def plot_teacher_quality(table, metric="fd_judge"):
+    """Paper Fig. 5's shape: the student's quality against its teacher's, one line per objective, every seed."""
+    tq = table[table.ablation == "teacher_quality"]
+    teachers = tq[tq.variant.str.startswith("teacher_ode-")]
+    teachers = teachers.groupby(teachers.variant.str.removeprefix("teacher_ode-"))[metric].mean()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, objective in enumerate(("reconstruction", "distillation")):
+        rows = tq[tq.variant.str.startswith(f"{objective}-")]
+        x = teachers[rows.variant.str.removeprefix(f"{objective}-")].to_numpy()
+        ax.scatter(x, rows[metric], color=f"C{i}", alpha=0.6, s=20)
+        means = pd.DataFrame({"x": x, "y": rows[metric].to_numpy()}).groupby("x").y.mean()
+        ax.plot(means.index, means.to_numpy(), "o-", color=f"C{i}",
+                label={"reconstruction": "L_rec + GAN (paper)", "distillation": "L_dstl + GAN"}[objective])
+    lim = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
+    ax.plot(lim, lim, "k:", lw=1, label="student = teacher")
+    ax.set_xlabel(f"teacher (Heun ODE), {METRIC_TITLES.get(metric, metric)}")
+    ax.set_ylabel(f"one-step student, {METRIC_TITLES.get(metric, metric)}")
+    for name, x in teachers.items():
+        ax.annotate(name, (x, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_figure(table, ablation):
+    """The figure of one ablation: Fig. 5's shape for teacher_quality, quality against NFE for teacher_steps,
+    the variants side by side for the others."""
+    if ablation == "teacher_quality":
+        return plot_teacher_quality(table)
+    if ablation == "teacher_steps":
+        return plot_teacher_steps(table)
+    metrics = ("judge_distance", "psnr", "sec_per_image") if ablation == "sr_inversion" else \
+        ("fd_judge", "recall_judge", "placement")
+    return plot_ablation(table, ablation, metrics)
+
+
+def plot_ablation(table, ablation, metrics=("fd_judge", "recall_judge", "placement")):
+    """One panel per metric: each variant's seeds (points) and their mean (bar)."""
+    rows = table[table.ablation == ablation]
+    metrics = [m for m in metrics if m in rows and rows[m].notna().any()]
+    variants = list(dict.fromkeys(rows.variant))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.0 + 1.2 * len(variants) * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        means = rows.groupby("variant", sort=False)[metric].mean()
+        ax.bar(range(len(variants)), means[variants], color="0.85")
+        for i, v in enumerate(variants):
+            ax.scatter(np.full((rows.variant == v).sum(), i), rows[rows.variant == v][metric], color="C0", s=18)
+        ax.set_xticks(range(len(variants)))
+        ax.set_xticklabels(variants, fontsize=8, rotation=20)
+        ax.set_title(METRIC_TITLES.get(metric, metric.replace("_", " ")), fontsize=9)
+    fig.suptitle(f"{ablation} (points: training seeds; bars: their mean)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_teacher_steps(table, metric="fd_judge"):
+    """The teacher's Heun sampler at a few NFE (bicubic-upsampled above its resolution) and one PaGoDA step."""
+    rows = table[table.ablation == "teacher_steps"]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for i, (r, at) in enumerate(rows.groupby("resolution")):
+        heun = at[at.variant != "pagoda"].sort_values("nfe")
+        ax.plot(heun.nfe, heun[metric], "o-", color=f"C{i}", label=f"teacher Heun, {r}x{r}")
+        ax.plot(at[at.variant == "pagoda"].nfe, at[at.variant == "pagoda"][metric], "*", ms=12, color=f"C{i}",
+                label=f"PaGoDA, {r}x{r}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE per image")
+    ax.set_ylabel(METRIC_TITLES.get(metric, metric))
+    ax.legend(fontsize=7, frameon=False, ncol=2)
+    fig.tight_layout()
+    return fig
