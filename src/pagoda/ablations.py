@@ -9,6 +9,9 @@ teacher, latents and decoders wherever a variant equals it:
     placement        the top growth stage without L_rec, and without the GAN term, against the full objective
                      (paper Figs. 3-4: L_rec keeps objects in place, the GAN term brings the detail)
     growth_head      the released code's shared output head against the default residual head
+    teacher_steps    the teacher's Heun sampler at a few NFE (bicubic above its resolution) against one step
+    sr_inversion     super-resolution by inversion against latent optimisation at matched compute (Sec. 5.2;
+                     `inverse_study.sr_at_matched_compute`)
 
 A decoder variant is a chain of decoder stages: it starts from the teacher (or one of its snapshots) or from a
 decoder of the default run, and each stage is the default run's stage at that resolution with a few settings
