@@ -207,6 +207,12 @@ def test_sr_rows_join_the_table_and_judge_inversion_at_matched_time(tmp_path, in
     assert c.claim.tolist() == ["super-resolution: inversion beats latent optimisation given the same time per image "
                                 "(paper Sec. 5.2)"]
     assert c.holds.iloc[0] == inversion_wins  # the 4x budget beating inversion does not count against it
+    # A budget that buys no step leaves the inversion as it is: no comparison, even a hair's breadth apart.
+    sr.loc[2, ["judge_distance", "steps"]] = [0.3 + 1e-9, 0]
+    sr.loc[1, "judge_distance"] = 0.1
+    sr.to_csv(tmp_path / "sr.csv", index=False)
+    c = ablations.claims(ablations.summarise(ablations.table([], sr_path=tmp_path / "sr.csv", sr_resolution=32)))
+    assert not c.holds.iloc[0] and "(0 steps)" in c.measured.iloc[0]
 
 
 def test_every_ablation_has_its_figure(tmp_path):
@@ -228,3 +234,24 @@ def test_every_ablation_has_its_figure(tmp_path):
     t = pd.DataFrame(rows)
     panels = {a: len(plots.ablation_figure(t, a).axes) for a in t.ablation.unique()}
     assert panels == {"teacher_quality": 1, "placement": 3, "teacher_steps": 1, "sr_inversion": 3}
+
+
+def test_encode_job_writes_a_weaker_teachers_latents_and_pairs(tiny_teacher, tiny_data, latents, tmp_path):
+    import json
+
+    import numpy as np
+
+    from pagoda import encode
+    settings = dict(data_dir=str(tiny_data), resolution=8, n_images=12, flips=True, num_points=6, clamp=True,
+                    shard_size=8, batch_size=500, seed=0)
+    kwargs = dict(teacher_path=str(tiny_teacher), latents_dir=str(tmp_path / "latents"),
+                  pairs_dir=str(tmp_path / "pairs"), n_pairs=16, encode=settings, device="cpu")
+    ablations.main(["encode", json.dumps(kwargs)])  # the rule's command, in this process
+    summary = json.loads((tmp_path / "latents" / "summary.json").read_text())
+    assert summary["latents"] == 24 and summary["complete"]
+    # The same teacher, settings and seed as the `latents` fixture: the same latents and pairs.
+    for prefix, folder in (("shard", tmp_path / "latents"), ("pairs", tmp_path / "pairs")):
+        mine, theirs = encode.load_latents(folder, prefix=prefix), encode.load_latents(latents, prefix=prefix)
+        assert all(np.array_equal(np.asarray(mine[k]), np.asarray(theirs[k])) for k in theirs)
+    ablations.main(["encode", json.dumps({**kwargs, "latents_dir": None, "pairs_dir": str(tmp_path / "only")})])
+    assert [p.name for p in (tmp_path / "only").iterdir()] == ["pairs-00000.npz"]  # the full teacher: pairs only
