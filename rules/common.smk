@@ -249,11 +249,6 @@ def evaluate_kwargs(method, res, output, **extra):
         device=config["device"], **extra))
 
 
-def ablation_samples(record):
-    return record.replace(f"{R}/eval/", f"{R}/eval/samples/").replace(f"{R}/ablations/eval/",
-                                                                       f"{R}/ablations/eval/samples/")[:-5] + ".npz"
-
-
 def ablation_rows():
     """The rows of results/ablations.csv, as `ablations.table` reads them."""
     rows = []
@@ -261,7 +256,8 @@ def ablation_rows():
         for seed in ABLATION_SEEDS:
             record, out_dir = ablation_record(key, seed), ablations.decoder_dir(config, v, seed)
             rows.append(dict(ablation=v.ablation, variant=v.name, seed=seed, resolution=v.resolution, record=record,
-                             samples=ablation_samples(record), run_dirs=[f"{out_dir}/{r}" for r, _ in v.stages],
+                             samples=layout.record_samples_path(record),
+                             run_dirs=[f"{out_dir}/{r}" for r, _ in v.stages],
                              base_samples=samples_path("pagoda", BASE) if v.resolution != BASE else None))
     for step in ["", *map(str, TEACHER_SNAPSHOT_STEPS)]:
         rows.append(dict(ablation="teacher_quality", variant=f"teacher_ode-teacher{step}", seed=config["seed"],

@@ -6,7 +6,7 @@ import pathlib
 import pytest
 import yaml
 
-from pagoda import ablations
+from pagoda import ablations, layout
 from pagoda.workflow import decoder_stage
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -255,3 +255,11 @@ def test_encode_job_writes_a_weaker_teachers_latents_and_pairs(tiny_teacher, tin
         assert all(np.array_equal(np.asarray(mine[k]), np.asarray(theirs[k])) for k in theirs)
     ablations.main(["encode", json.dumps({**kwargs, "latents_dir": None, "pairs_dir": str(tmp_path / "only")})])
     assert [p.name for p in (tmp_path / "only").iterdir()] == ["pairs-00000.npz"]  # the full teacher: pairs only
+
+
+def test_a_records_samples_are_the_file_its_evaluation_writes():
+    """The table finds each row's samples from its record: the default table's and the ablations' alike."""
+    assert layout.record_samples_path(layout.record_path("r/eval", "pagoda", 32)) == \
+        layout.samples_path("r/eval", "pagoda", 32)
+    assert layout.record_samples_path("r/ablations/eval/growth_factor-4x_seed1.json") == \
+        "r/ablations/eval/samples/growth_factor-4x_seed1.npz"

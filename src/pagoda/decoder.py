@@ -264,9 +264,9 @@ class DecoderTask:
     def step(self, step, generator):
         return {**self.g_step(step, generator), **self.d_step(step, generator)}
 
-    def save_snapshot(self, path):
-        """The EMA generator alone, in the final decoder's format (a learning-curve point)."""
-        save_network(path, self.ema, kind="decoder", meta={"sigma_max": self.sigma_max})
+    def save_snapshot(self, path, *, step):
+        """The EMA generator after `step` steps, in the final decoder's format (a learning-curve point)."""
+        save_network(path, self.ema, kind="decoder", meta={"sigma_max": self.sigma_max, "steps": step})
 
 
 # ----------------------------------------------------------------------------
@@ -304,7 +304,8 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
         raise ValueError(f"objective {objective!r} applies to Stage 2 only: its teacher pairs are "
                          f"{G.config.img_resolution}x{G.config.img_resolution} samples, not {resolution}x{resolution} "
                          "targets; grow with 'reconstruction' (or 'none')")
-    pairs = load_latents(pairs_dir or latents_dir, prefix="pairs") if objective in ("distillation", "both") else None
+    pairs_dir = pairs_dir or latents_dir
+    pairs = load_latents(pairs_dir, prefix="pairs") if objective in ("distillation", "both") else None
     # Frozen feature networks, shared by the distance and D (paper: DeiT-B + EfficientNet-lite0 via timm).
     backbone = feature_networks(backbones, feature_size, source=backbone_source)
     d_backbone = backbone if d_feature_size in (None, feature_size) else \
@@ -324,7 +325,7 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
         "seed": seed, "curve_points": curve_points, "world_size": loop.world_size(),
         "init": loop.file_fingerprint(init_path),
         "latents": [loop.file_fingerprint(p) for p in list_shards(latents_dir)],
-        "pairs": [loop.file_fingerprint(p) for p in list_shards(pairs_dir or latents_dir, prefix="pairs")]
+        "pairs": [loop.file_fingerprint(p) for p in list_shards(pairs_dir, prefix="pairs")]
         if pairs is not None else None,
         "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))})
     rows = loop.run(task, run_dir=run_dir, total_steps=steps, seed=seed, checkpoint_every=checkpoint_every,

@@ -23,3 +23,9 @@ def record_path(eval_dir, method, resolution):
 
 def samples_path(eval_dir, method, resolution):
     return f"{eval_dir}/samples/{method}_{resolution}.npz"
+
+
+def record_samples_path(record):
+    """The samples written with an evaluation record: {eval_dir}/samples/{name}.npz next to {eval_dir}/{name}.json."""
+    parent, _, name = str(record).rpartition("/")
+    return f"{parent}/samples/{name.removesuffix('.json')}.npz"

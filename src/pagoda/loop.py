@@ -261,7 +261,7 @@ def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, snapshot_st
     Writes run_dir/metrics.jsonl (one JSON row per `log_every` steps, default ~100 rows per run,
     step-indexed so a resumed run rewrites the rows after its checkpoint), run_dir/checkpoints/step-*.pt (every `checkpoint_every`
     steps and at the end) and run_dir/timing.json (wall-clock seconds summed over all attempts). At each
-    step in `snapshot_steps`, `task.save_snapshot(path)` also writes run_dir/snapshots/step-*.pt (all kept: a
+    step in `snapshot_steps`, `task.save_snapshot(path, step=step)` also writes run_dir/snapshots/step-*.pt (all kept: a
     learning curve). `max_steps_this_call` stops early (to test resumption). Returns the
     list of metric rows.
     """
@@ -300,7 +300,7 @@ def run(task, *, run_dir, total_steps, seed=0, checkpoint_every=500, snapshot_st
             bar.update(1)
             # Before the checkpoint: a run killed in between redoes this step and rewrites the snapshot.
             if step + 1 in snapshot_steps and is_main:
-                task.save_snapshot(pathlib.Path(run_dir, "snapshots", f"step-{step + 1:08d}.pt"))
+                task.save_snapshot(pathlib.Path(run_dir, "snapshots", f"step-{step + 1:08d}.pt"), step=step + 1)
             if (step + 1) % checkpoint_every == 0 or step + 1 == stop:
                 now = time.time()
                 timing["seconds"] += now - t_last

@@ -1,7 +1,6 @@
 """Stage 1: the EDM teacher diffusion model at the base resolution (PaGoDA Sec. 3.1; EDM Sec. 5)."""
 
 import copy
-import pathlib
 
 import torch
 
@@ -32,9 +31,9 @@ class TeacherTask:
     def optimizers(self):
         return {"adam": self.opt}
 
-    def save_snapshot(self, path):
-        """The EMA network alone, in the teacher's format: a weaker teacher (the teacher_quality ablation)."""
-        save_network(path, self.ema, kind="teacher", meta={"steps": int(pathlib.Path(path).stem.split("-")[1])})
+    def save_snapshot(self, path, *, step):
+        """The EMA network after `step` steps, in the teacher's format: a weaker teacher (teacher_quality ablation)."""
+        save_network(path, self.ema, kind="teacher", meta={"steps": step})
 
     def step(self, step, generator):
         loss = self.gradients(step, generator)
