@@ -350,7 +350,8 @@ def check_train_decoder_builds_its_task_from_the_arguments(grown_run, tiny_teach
     assert rec.distributed == [device]  # the process group (under torchrun) is set up for this device
     ((args, kwargs, init_state),) = rec.init
     assert args == (tiny_teacher,) and kwargs == dict(resolution=16, channels=16, num_res_blocks=1,
-                                                      trainable_output_blocks=2, growth_head="shared", device=device)
+                                                      trainable_output_blocks=2, growth_head="shared", guided=False,
+                                                      device=device)
     # The new layers' initial weights come from the run's seed.
     torch.manual_seed(3)
     expected = decoder.init_decoder(tiny_teacher, **{**kwargs, "device": "cpu"}).state_dict()

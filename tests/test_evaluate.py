@@ -14,7 +14,7 @@ from conftest import TINY_NET
 
 from pagoda import decoder, evaluate, judge, loop, metrics, sampling, swd
 from pagoda.checkpoints import load_network, save_network
-from pagoda.data import balanced_subset, load_dataset, resize_uint8, to_uint8
+from pagoda.data import balanced_subset, load_dataset, resize_uint8, to_model, to_uint8
 from pagoda.networks import UNet
 
 SWD_KW = dict(swd_min_resolution=8, swd_descriptors_per_image=4, swd_projections=16)
@@ -486,9 +486,9 @@ def test_the_device_and_batch_sizes_reach_every_network(tiny_data, tiny_teacher,
         seen.append(("inception", inception_dir, device))
         return fake_inception(images)
 
-    def load_sampler(path, *, device="cpu", num_points=40, batch_size=500):
+    def load_sampler(path, *, device="cpu", num_points=40, omega=None, batch_size=500):
         seen.append(("sampler", device, num_points, batch_size))
-        return real_sampler(path, num_points=num_points, batch_size=batch_size)
+        return real_sampler(path, num_points=num_points, omega=omega, batch_size=batch_size)
 
     def to(net, device):
         seen.append(("to", device))
@@ -572,3 +572,24 @@ def test_learning_curve_points_are_the_pagoda_rows_of_their_snapshots(tiny_teach
                                 feature_size=32, device="cpu", **SWD_KW)
         for key in ("fd_judge", "precision_judge", "recall_judge", "density_judge", "coverage_judge"):
             assert point[key] == pytest.approx(row[key], rel=1e-6), (step, key)
+
+
+def test_guided_evaluation_samples_at_omega_and_scores_the_intended_classes(tiny_teacher, tiny_data, judges,
+                                                                           eval_dir, tmp_path):
+    kw = dict(resolutions=[8], reference_path=eval_dir / "reference_8.npz", judge_path=judges / "8" / "judge.pt",
+              data_dir=tiny_data, teacher_path=tiny_teacher, n_samples=12, num_points=3, feature_size=32, k=2,
+              seed=1, device="cpu", **SWD_KW)
+    records = {w: evaluate.evaluate("teacher_ode", 8, out_path=tmp_path / f"{w}.json",
+                                    samples_path=tmp_path / f"{w}.npz", omega=w, **kw) for w in (1.0, 3.0)}
+    net, _ = load_network(tiny_teacher)
+    labels = sampling.class_labels(12, 10)
+    expected, nfe = sampling.sample_teacher(net, labels, seeds=sampling.seeds_for(12, evaluate.EVAL_SEED_OFFSET + 1),
+                                            num_points=3, omega=3.0)
+    samples = evaluate.load_samples(tmp_path / "3.0.npz")
+    assert np.array_equal(samples["images"], to_uint8(expected).numpy()) and records[3.0]["nfe"] == nfe == 2 * 5
+    assert not np.array_equal(samples["images"], evaluate.load_samples(tmp_path / "1.0.npz")["images"])
+    predicted = judge.predict(judge.load_judge(judges / "8" / "judge.pt")[0], to_model(samples["images"]))
+    assert records[3.0]["omega"] == 3.0
+    assert records[3.0]["class_accuracy_judge"] == pytest.approx(float((predicted.numpy() == labels.numpy()).mean()))
+    assert "class_accuracy_judge" not in evaluate.evaluate("teacher_ode", 8, out_path=tmp_path / "u.json",
+                                                           samples_path=tmp_path / "u.npz", **kw)

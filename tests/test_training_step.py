@@ -49,7 +49,7 @@ def test_adaptive_weight_is_read_at_the_last_layer_of_g(tiny_teacher, tiny_data,
     by_hand = copy.deepcopy(task)
     # The same randomness as g_step draws, in the same order: L_rec, then L_adv.
     gen, sl = loop.step_generator(0, 0), loop.rank_slice(task.batch_size)
-    rec, y = by_hand.reconstruction_loss(gen, sl)
+    rec, y, _ = by_hand.reconstruction_loss(gen, sl)
     last = by_hand.G.output_blocks[-1][0].out_layers[-1].weight  # the last ResBlock's last conv (released code)
     g_rec = torch.autograd.grad(rec, last)[0]
     g_adv = torch.autograd.grad(by_hand.adversarial_loss(y, gen, sl), last)[0]
@@ -87,7 +87,7 @@ def test_g_adversarial_term_is_minus_the_mean_fake_logit(tiny_teacher, tiny_data
     assert m["adv"] == pytest.approx(-logits.mean().item(), rel=1e-6)
     # Minimising it raises D's score of G's images: after the step, the same noise scores higher.
     gen, sl = loop.step_generator(0, 0), loop.rank_slice(task.batch_size)
-    _, y = task.reconstruction_loss(gen, sl)
+    _, y, _ = task.reconstruction_loss(gen, sl)
     assert -task.adversarial_loss(y, gen, sl).item() > logits.mean().item()
 
 
@@ -311,7 +311,7 @@ def test_reconstruction_loss_sums_mean_distances_over_this_ranks_share_of_the_ba
     monkeypatch.setattr(decoder, "generate", stub_generate)
     task.distance = lambda x_hat, x, params=None: seen.append((x_hat, x, params)) or \
         x_hat.flatten(1).mean(1) - x.flatten(1).mean(1)
-    loss, y = task.reconstruction_loss(loop.step_generator(0, 5), slice(4, 8))
+    loss, y, _ = task.reconstruction_loss(loop.step_generator(0, 5), slice(4, 8))
     # The batch's draws, in order: latent indices, pair indices, augmentation.
     g = loop.step_generator(0, 5)
     i, j = torch.randint(6, (8,), generator=g)[4:], torch.randint(5, (8,), generator=g)[4:]
@@ -326,7 +326,7 @@ def test_reconstruction_loss_sums_mean_distances_over_this_ranks_share_of_the_ba
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert torch.equal(y, torch.tensor([3, 1, 4, 1, 5, 9])[i])  # the reconstruction term's labels
     (n1, y1, kw1), (n2, y2, kw2) = calls
-    assert n1 is task.G and n2 is task.G and kw1 == kw2 == {"sigma_max": SIGMA}
+    assert n1 is task.G and n2 is task.G and kw1 == kw2 == {"omega": None, "sigma_max": SIGMA}  # unguided
     assert torch.equal(y1, y) and torch.equal(y2, torch.tensor([2, 7, 1, 8, 2])[j])
     for q in (p1, p2):  # one augmentation draw for both terms, sliced like the batch
         assert q.keys() == p.keys() and q["cutout_size"] == 2  # 0.2 of 8 px
@@ -350,7 +350,7 @@ def test_adversarial_loss_is_minus_d_of_g_on_fresh_prior_noise_at_the_targets_re
                         sliced(diffaug.sample_params(8, 16, generator=g), slice(4, 8)))
     ((net, z_used, labels, kw),) = calls
     assert net is task.G and torch.equal(z_used, z[4:]) and labels is not None and torch.equal(labels, y)
-    assert kw == {"sigma_max": SIGMA}
+    assert kw == {"omega": None, "sigma_max": SIGMA}
     ((d_in, logits),) = task.D.calls
     torch.testing.assert_close(d_in, x)
     assert torch.equal(task.D.labels[0], y)
@@ -364,7 +364,7 @@ def test_adaptive_g_step_applies_grad_rec_plus_lambda_grad_adv_and_updates_the_e
     assert task.D.trainable == [False] and task.D.b.requires_grad  # D frozen during the G step only
     gen, sl = loop.step_generator(0, 100), slice(0, 8)
     params = by_hand.g_params
-    rec, y = by_hand.reconstruction_loss(gen, sl)
+    rec, y, _ = by_hand.reconstruction_loss(gen, sl)
     g_rec = torch.autograd.grad(rec, params)
     adv = by_hand.adversarial_loss(y, gen, sl)
     g_adv = torch.autograd.grad(adv, params)
@@ -392,7 +392,7 @@ def test_separate_g_step_is_a_step_on_l_rec_then_a_step_on_w_l_adv(tiny_teacher)
     gen, sl = loop.step_generator(0, 3), slice(0, 8)
     params, beta = by_hand.g_params, 4 / 13  # EMA warm-up at step 3: min(0.5, (1 + 3) / (10 + 3))
     ema = [e.detach().clone() for e in by_hand.ema.parameters()]
-    rec, y = by_hand.reconstruction_loss(gen, sl)
+    rec, y, _ = by_hand.reconstruction_loss(gen, sl)
     for p, g in zip(params, torch.autograd.grad(rec, params)):
         p.grad = g
     by_hand.opt_g.step()
@@ -496,6 +496,6 @@ def test_task_steps_on_cuda_with_the_loops_cuda_generator(tiny_teacher, weightin
     m = task.step(0, loop.step_generator(0, 0, "cuda"))
     assert all(np.isfinite(v) for v in m.values())
     assert all(p.device.type == "cuda" for module in (task.G, task.ema, task.D) for p in module.parameters())
-    rec, y = task.reconstruction_loss(loop.step_generator(0, 1, "cuda"), slice(4, 8))
+    rec, y, _ = task.reconstruction_loss(loop.step_generator(0, 1, "cuda"), slice(4, 8))
     adv = task.adversarial_loss(y, loop.step_generator(0, 1, "cuda"), slice(4, 8))
     assert rec.device.type == adv.device.type == "cuda"

@@ -34,3 +34,16 @@ def load_network(path, *, which="ema", device="cpu", expect_kind=None):
     net = UNet(UNetConfig.from_dict(ckpt["config"])).to(device)
     net.load_state_dict(ckpt[which])
     return net.eval().requires_grad_(False), ckpt["meta"]
+
+
+def save_small_network(path, net, meta):
+    """Write {hparams, state, meta} for a network built from keyword hyperparameters (judge, omega estimator)."""
+    atomic_save({"hparams": net.hparams, "state": net.state_dict(), "meta": meta}, path)
+
+
+def load_small_network(path, cls, device="cpu"):
+    """(cls(**hparams) with the saved weights, in eval mode and frozen; the saved meta)."""
+    ckpt = load_checkpoint(path, device)
+    net = cls(**ckpt["hparams"]).to(device)
+    net.load_state_dict(ckpt["state"])
+    return net.eval().requires_grad_(False), ckpt["meta"]

@@ -4,12 +4,14 @@ G(z, y) = F(c_in(sigma_max) z, c_noise(sigma_max), y): the teacher's network eva
 sigma_max, its raw output taken as the image (METHOD.md, "Stage 2"). At the base resolution G starts
 from the teacher's EMA weights; each growth stage (Stage 3) starts from the previous stage's decoder
 grown by `growth.grow`, with most of the old network frozen, and reconstructs the real
-high-resolution image from the *same* low-resolution latent.
+high-resolution image from the *same* low-resolution latent. A guided decoder (PaGoDA Sec. 4) also takes
+the guidance scale omega: its latents come from the guided PF-ODE at a stored omega, and D sees omega too.
 """
 
 import copy
 import dataclasses
 
+import numpy as np
 import torch
 
 from . import diffaug, edm, loop
@@ -26,10 +28,13 @@ OBJECTIVES = ("reconstruction", "distillation", "both", "none")  # none: the GAN
 WEIGHTINGS = ("adaptive", "separate")
 
 
-def generate(net, z, labels, *, sigma_max=edm.SIGMA_MAX, sigma_data=edm.SIGMA_DATA):
-    """G(z, y) = F(c_in(sigma_max) z, c_noise(sigma_max), y); z is on the sigma_max scale."""
+def generate(net, z, labels, *, omega=None, sigma_max=edm.SIGMA_MAX, sigma_data=edm.SIGMA_DATA):
+    """G(z, y) = F(c_in(sigma_max) z, c_noise(sigma_max), y); z is on the sigma_max scale. A guided G also
+    takes the guidance scale `omega` (a number or one per image)."""
     c_noise = torch.full((z.shape[0],), edm.c_noise(sigma_max), device=z.device, dtype=z.dtype)
-    return net(edm.c_in(sigma_max, sigma_data) * z, c_noise, labels)
+    if omega is None:
+        return net(edm.c_in(sigma_max, sigma_data) * z, c_noise, labels)
+    return net(edm.c_in(sigma_max, sigma_data) * z, c_noise, labels, omega)
 
 
 # ----------------------------------------------------------------------------
@@ -63,13 +68,28 @@ def _rebuilt(net, **changes):
     return out
 
 
+def with_omega_embedding(net):
+    """`net` as a guided G (PaGoDA Sec. 4): a new omega embedding whose zero last layer leaves the output as it was."""
+    if net.config.omega_embedding:
+        return net
+    out = UNet(dataclasses.replace(net.config, omega_embedding=True)).to(next(net.parameters()).device)
+    missing = out.load_state_dict(net.state_dict(), strict=False).missing_keys
+    assert all(k.startswith("omega_embed.") for k in missing), missing
+    return out
+
+
 def init_decoder(init_path, *, resolution, channels=None, num_res_blocks=2, trainable_output_blocks=None,
-                 growth_head="residual", device="cpu"):
-    """The generator to train at `resolution`: the teacher (base) or the previous decoder grown to it."""
+                 growth_head="residual", guided=False, device="cpu"):
+    """The generator to train at `resolution`: the teacher (base) or the previous decoder grown to it.
+    `guided`: G takes the guidance scale omega (Stage 2 adds the embedding; growth stages keep it)."""
     net, _ = load_network(init_path, which="ema", device=device)
+    if net.config.omega_embedding and not guided:
+        raise ValueError(f"{init_path} is a guided decoder: grow it with guided=True")
     # No dropout in G (released code: the decoder is built with dropout 0): a teacher trained with it would
     # otherwise keep it live in every ResBlock during training while sampling runs without it.
     net = _rebuilt(net, dropout=0.0)
+    if guided:
+        net = with_omega_embedding(net)
     net.requires_grad_(True)
     if net.config.out_resolution == resolution:  # Stage 2: the teacher's network, fully trainable
         return net.train()
@@ -107,7 +127,8 @@ class DecoderTask:
 
     def __init__(self, G, D, distance, *, latents, targets, train_images, train_labels, pairs=None,
                  objective="reconstruction", batch_size=32, lr_g=1e-4, lr_d=2e-3, beta2=0.999, gan_weight=0.2,
-                 weighting="adaptive", ema_decay=0.999, sigma_max=edm.SIGMA_MAX, device="cpu"):
+                 weighting="adaptive", ema_decay=0.999, sigma_max=edm.SIGMA_MAX, omega_range=None, real_omegas=None,
+                 device="cpu"):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if weighting not in WEIGHTINGS:
@@ -134,6 +155,19 @@ class DecoderTask:
         self.conditional = self.G.label_emb is not None
         cfg = self.G.config
         self.z_shape = (cfg.in_channels, cfg.img_resolution, cfg.img_resolution)
+        # Guidance (PaGoDA Sec. 4): the GAN's fake images get omega ~ U(omega_range), the latents' distribution;
+        # real images get `real_omegas` (one per training image: the omega estimator's) or a uniform draw.
+        self.guided, self.omega_range = cfg.omega_embedding, omega_range
+        self.real_omegas = None if real_omegas is None else torch.as_tensor(real_omegas, dtype=torch.float32)
+        if self.guided:
+            if omega_range is None or "omega" not in self.latents:
+                raise ValueError("a guided G needs guided latents (encode with omega_range) and their omega_range")
+            if objective in ("distillation", "both"):
+                raise ValueError("a guided G is trained with 'reconstruction' or 'none': the L_dstl pairs carry no omega")
+            if self.real_omegas is not None and len(self.real_omegas) != len(self.train_images):
+                raise ValueError(f"real_omegas has {len(self.real_omegas)} values for {len(self.train_images)} images")
+        elif omega_range is not None or real_omegas is not None:
+            raise ValueError("omega_range and real_omegas need a guided G (init_decoder(guided=True))")
 
     def modules(self):
         return {"G": self.G, "ema": self.ema, "D": self.D}
@@ -152,37 +186,49 @@ class DecoderTask:
         z = self.sigma_max * torch.randn((n, *self.z_shape), generator=generator, device=generator.device)
         return z.to(self.device)
 
+    def _omegas(self, n, generator, sl):
+        """omega ~ U(omega_range) for a guided G's GAN samples (None without guidance: nothing is drawn)."""
+        if not self.guided:
+            return None
+        low, high = self.omega_range
+        return (low + (high - low) * torch.rand(n, generator=generator, device=generator.device))[sl].to(self.device)
+
+    def _D(self, x, y, omega):
+        return self.D(x, self._labels(y)) if omega is None else self.D(x, self._labels(y), omega)
+
     def reconstruction_loss(self, generator, sl):
-        """L_rec on (z(x), x) pairs and/or L_dstl on (z, ODE(z)) pairs, mean over this rank's slice."""
+        """L_rec on (z(x), x) pairs and/or L_dstl on (z, ODE(z)) pairs, mean over this rank's slice.
+        Returns (loss, the batch's labels, their guidance scales or None)."""
         n = self.batch_size
         terms = []
         if self.objective in ("reconstruction", "both"):
             i = torch.randint(len(self.latents["z"]), (n,), generator=generator, device=generator.device).cpu()[sl]
             z, y = torch.as_tensor(self.latents["z"][i]).to(self.device), self.latents["labels"][i]
             x = _flip_where(to_model(self.targets[self.latents["index"][i]]), self.latents["flip"][i])
-            terms.append((z, y, x.to(self.device)))
+            omega = torch.as_tensor(self.latents["omega"][i]).to(self.device) if self.guided else None
+            terms.append((z, y, omega, x.to(self.device)))
         if self.objective in ("distillation", "both"):
             j = torch.randint(len(self.pairs["z"]), (n,), generator=generator, device=generator.device).cpu()[sl]
-            terms.append((torch.as_tensor(self.pairs["z"][j]).to(self.device), self.pairs["labels"][j],
+            terms.append((torch.as_tensor(self.pairs["z"][j]).to(self.device), self.pairs["labels"][j], None,
                           torch.as_tensor(self.pairs["x"][j]).to(self.device)))
-        res = terms[0][2].shape[-1]
+        res = terms[0][3].shape[-1]
         params = diffaug.sample_params(n, res, generator=generator, device=generator.device)
         loss = 0
-        for z, y, x in terms:
-            x_hat = generate(self.G, z, self._labels(y), sigma_max=self.sigma_max)
+        for z, y, omega, x in terms:
+            x_hat = generate(self.G, z, self._labels(y), omega=omega, sigma_max=self.sigma_max)
             p = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in _slice_params(params, sl).items()}
             loss = loss + self.distance(x_hat, x, params=p).mean()
-        return loss, terms[0][1]
+        return loss, terms[0][1], terms[0][2]
 
-    def adversarial_loss(self, y, generator, sl):
-        """L_adv = -mean D(aug(G(z', y))) with fresh prior noise z' (not the inverted latents)."""
+    def adversarial_loss(self, y, generator, sl, *, omega=None):
+        """L_adv = -mean D(aug(G(z', y, omega))) with fresh prior noise z' (not the inverted latents)."""
         n = self.batch_size
         z = self._prior(n, generator)[sl]
         params = _slice_params(diffaug.sample_params(n, self.targets.shape[-1], generator=generator,
                                                      device=generator.device), sl)
         params = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in params.items()}
-        x_fake = generate(self.G, z, self._labels(y), sigma_max=self.sigma_max)
-        return g_hinge_loss(self.D(diffaug.augment(x_fake, params), self._labels(y)))
+        x_fake = generate(self.G, z, self._labels(y), omega=omega, sigma_max=self.sigma_max)
+        return g_hinge_loss(self._D(diffaug.augment(x_fake, params), y, omega))
 
     def _gradients(self, loss):
         """Gradients of `loss` w.r.t. G's trainable parameters (zeros where a parameter is unused)."""
@@ -210,13 +256,14 @@ class DecoderTask:
             j = torch.randint(len(self.train_labels), (self.batch_size,), generator=generator,
                               device=generator.device).cpu()[sl]
             rec, y = torch.zeros((), device=self.device), self.train_labels[j]
+            omega = self._omegas(self.batch_size, generator, sl)
         else:
-            rec, y = self.reconstruction_loss(generator, sl)
+            rec, y, omega = self.reconstruction_loss(generator, sl)
         if self.weighting == "adaptive":
             # grad(L_rec + lambda L_adv) = grad L_rec + lambda grad L_adv: one backward pass per term, and
             # lambda from their last-layer parts, instead of extra passes through the feature networks.
             grads_rec = self._gradients(rec)
-            adv = self.adversarial_loss(y, generator, sl)
+            adv = self.adversarial_loss(y, generator, sl, omega=omega)
             grads_adv = self._gradients(adv)
             k = next(i for i, p in enumerate(self.g_params) if p is self.G.last_layer())
             lam = adaptive_weight(loop.mean_over_ranks(grads_rec[k]), loop.mean_over_ranks(grads_adv[k]),
@@ -230,7 +277,7 @@ class DecoderTask:
             # Weight 0 skips the GAN step (an ablation): a zero-gradient step would still move G by RAdam's momentum.
             adv, lam = torch.zeros((), device=self.device), torch.tensor(self.gan_weight)
             if self.gan_weight != 0:
-                adv = self.adversarial_loss(y, generator, sl)
+                adv = self.adversarial_loss(y, generator, sl, omega=omega)
                 self._g_update(lam * adv, step)
         for p in self.D.trainable_parameters():
             p.requires_grad_(True)
@@ -247,11 +294,14 @@ class DecoderTask:
         z = self._prior(n, generator)[sl]
         params = _slice_params(diffaug.sample_params(n, x_real.shape[-1], **g), sl)
         params = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in params.items()}
+        omega_fake = self._omegas(n, generator, sl)
+        omega_real = self.real_omegas[j].to(self.device) if self.real_omegas is not None else \
+            self._omegas(n, generator, sl)
         with torch.no_grad():
-            x_fake = generate(self.G, z, self._labels(y), sigma_max=self.sigma_max)
+            x_fake = generate(self.G, z, self._labels(y), omega=omega_fake, sigma_max=self.sigma_max)
         # Real and fake share the per-index augmentation parameters (released code).
-        logits_real = self.D(diffaug.augment(x_real, params), self._labels(y))
-        logits_fake = self.D(diffaug.augment(x_fake, params), self._labels(y))
+        logits_real = self._D(diffaug.augment(x_real, params), y, omega_real)
+        logits_fake = self._D(diffaug.augment(x_fake, params), y, omega_fake)
         loss = d_hinge_loss(logits_real, logits_fake)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -282,8 +332,8 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
                   distance="feature", objective="reconstruction", pairs_dir=None, feature_size=224, d_feature_size=None,
                   backbones=("efficientnet_lite0",), backbone_source="offline",
                   growth_channels=None, growth_res_blocks=2, trainable_output_blocks=None, growth_head="residual",
-                  sigma_max=edm.SIGMA_MAX, seed=0, checkpoint_every=100, curve_points=0, log_every=None,
-                  device="auto", progress=True, max_steps_this_call=None):
+                  sigma_max=edm.SIGMA_MAX, omega_range=None, real_omegas_path=None, seed=0, checkpoint_every=100,
+                  curve_points=0, log_every=None, device="auto", progress=True, max_steps_this_call=None):
     """Train the decoder at `resolution` from `init_path` (teacher -> Stage 2; decoder -> Stage 3).
 
     Reconstruction targets are the training images at `resolution` for the stored latents (and flips);
@@ -291,14 +341,18 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
     weights, frozen ones included) when all `steps` are done and returns a summary. `curve_points`: also
     keep the EMA generator at that many evenly spaced steps, the last one included, in run_dir/snapshots
     (`evaluate.learning_curve`). L_dstl's noise -> teacher-sample pairs are read from `pairs_dir` (default:
-    `latents_dir`).
+    `latents_dir`). With `omega_range` G and D are guided (PaGoDA Sec. 4): the latents must be guided ones,
+    the GAN's samples get omega ~ U(omega_range), and real images the `omega` array of `real_omegas_path`
+    (one per training image: `guidance.label_real_images`) or, without it, a uniform draw.
     """
     device = loop.resolve_device(device)
     loop.init_distributed(device)
     torch.manual_seed(seed)  # new layers' initial weights and the discriminator's
     G = init_decoder(init_path, resolution=resolution, channels=growth_channels, num_res_blocks=growth_res_blocks,
-                     trainable_output_blocks=trainable_output_blocks, growth_head=growth_head, device=device)
+                     trainable_output_blocks=trainable_output_blocks, growth_head=growth_head,
+                     guided=omega_range is not None, device=device)
     images, labels, classes = load_dataset(data_dir, "train", resolution)
+    real_omegas = np.load(real_omegas_path)["omega"] if real_omegas_path is not None else None
     latents = load_latents(latents_dir)
     if objective in ("distillation", "both") and G.config.out_resolution != G.config.img_resolution:
         raise ValueError(f"objective {objective!r} applies to Stage 2 only: its teacher pairs are "
@@ -310,12 +364,16 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
     backbone = feature_networks(backbones, feature_size, source=backbone_source)
     d_backbone = backbone if d_feature_size in (None, feature_size) else \
         feature_networks(backbones, d_feature_size, source=backbone_source)
-    D = ProjectedDiscriminator(num_classes=len(classes) if G.label_emb is not None else 0, backbone=d_backbone)
+    D = ProjectedDiscriminator(num_classes=len(classes) if G.label_emb is not None else 0,
+                               omega_conditioned=omega_range is not None, backbone=d_backbone)
     dist_fn = ReconstructionDistance(distance, backbone=backbone)
     task = DecoderTask(G, D, dist_fn, latents=latents, targets=images, train_images=images, train_labels=labels,
                        pairs=pairs, objective=objective, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, beta2=beta2,
                        gan_weight=gan_weight, weighting=weighting, ema_decay=ema_decay, sigma_max=sigma_max,
-                       device=device)
+                       omega_range=omega_range, real_omegas=real_omegas, device=device)
+    guided = {} if omega_range is None else {  # unguided runs keep their fingerprints
+        "omega_range": list(omega_range),
+        "real_omegas": loop.file_fingerprint(real_omegas_path) if real_omegas_path is not None else "uniform"}
     loop.prepare_run_dir(run_dir, {
         "stage": "decoder", "resolution": resolution, "batch_size": batch_size, "lr_g": lr_g, "lr_d": lr_d,
         "beta2": beta2, "gan_weight": gan_weight, "weighting": weighting, "ema_decay": ema_decay, "distance": distance,
@@ -327,7 +385,7 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
         "latents": [loop.file_fingerprint(p) for p in list_shards(latents_dir)],
         "pairs": [loop.file_fingerprint(p) for p in list_shards(pairs_dir, prefix="pairs")]
         if pairs is not None else None,
-        "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))})
+        "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution)), **guided})
     rows = loop.run(task, run_dir=run_dir, total_steps=steps, seed=seed, checkpoint_every=checkpoint_every,
                     snapshot_steps=curve_steps(steps, curve_points), log_every=log_every, device=device,
                     progress=progress, desc=f"decoder {resolution}", max_steps_this_call=max_steps_this_call)
@@ -337,7 +395,7 @@ def train_decoder(*, data_dir, latents_dir, init_path, run_dir, out_path, resolu
                "params": num_params(G), "trainable_params": num_params(G, trainable_only=True),
                "latent_pairs": int(len(latents["z"])), "objective": objective, "distance": distance,
                "weighting": weighting, "gan_weight": gan_weight, "sigma_max": sigma_max,
-               "seconds": timing["seconds"], "device": timing["device"], "classes": list(classes)}
+               "seconds": timing["seconds"], "device": timing["device"], "classes": list(classes), **guided}
     if summary["steps"] == steps and loop.rank() == 0:
         save_network(out_path, task.G, kind="decoder", ema=task.ema, meta=summary)
     return summary

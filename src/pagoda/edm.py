@@ -1,12 +1,15 @@
 """EDM maths (Karras et al. 2022, VE form): preconditioning, training loss, sigma grid, Heun PF-ODE solver.
 
 Equation numbers refer to EDM's Table 1 and Algorithm 1; PaGoDA (Kim et al. 2024) uses the same
-solver in both directions: noise -> data to sample and data -> noise to encode (its Sec. 3.1).
+solver in both directions: noise -> data to sample and data -> noise to encode (its Sec. 3.1), and
+with classifier-free guidance for its guided decoder (its Sec. 4).
 """
 
 import math
 
 import torch
+
+from .networks import NULL_LABEL
 
 SIGMA_DATA = 0.5
 SIGMA_MIN = 0.002
@@ -55,6 +58,19 @@ def denoise(net, x, sigma, labels=None, *, sigma_data=SIGMA_DATA, net_dtype=torc
     sigma = _as_batch(sigma, x)
     f = net((c_in(sigma, sigma_data) * x).to(net_dtype), c_noise(sigma).flatten().to(net_dtype), labels)
     return c_skip(sigma, sigma_data) * x + c_out(sigma, sigma_data) * f.to(x.dtype)
+
+
+def guided_denoise(net, x, sigma, labels, *, omega, sigma_data=SIGMA_DATA):
+    """Classifier-free guidance (Ho & Salimans 2022): D_w(x, c) = D(x) + w (D(x, c) - D(x)), D(x) = D(x, null).
+
+    omega (a number or one per image) = 1 gives the conditional denoiser, 0 the unconditional one.
+    Two network evaluations per image, run as one batch.
+    """
+    sigma = _as_batch(sigma, x)
+    d = denoise(net, torch.cat([x, x]), torch.cat([sigma, sigma]),
+                torch.cat([labels, torch.full_like(labels, NULL_LABEL)]), sigma_data=sigma_data)
+    d_cond, d_uncond = d.chunk(2)
+    return d_uncond + _as_batch(omega, x) * (d_cond - d_uncond)
 
 
 # ----------------------------------------------------------------------------
@@ -131,30 +147,33 @@ def heun_solve(denoiser, x, sigmas, *, clamp=False, final_denoise=False):
 
 
 def ode_to_data(net, z, labels=None, *, num_points=40, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
-                sigma_data=SIGMA_DATA, clamp=False):
+                sigma_data=SIGMA_DATA, clamp=False, omega=None):
     """Teacher sampling / decoding: Heun from the latent z at sigma_max down the Karras grid, then a final
-    denoise (2N - 1 NFE). Sampling passes z = sigma_max n. Returns (images clamped to [-1, 1], nfe).
+    denoise (2N - 1 denoiser calls). Sampling passes z = sigma_max n. With `omega` the denoiser is the
+    guided one. Returns (images clamped to [-1, 1], nfe: network evaluations per image).
     """
     sigmas = karras_sigmas(num_points, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
-    den = _float64_denoiser(net, labels, sigma_data)
-    x, nfe = heun_solve(den, z.to(torch.float64), sigmas, clamp=clamp, final_denoise=True)
-    return x.to(z.dtype).clamp(-1, 1), nfe
+    den, per_call = _float64_denoiser(net, labels, sigma_data, omega)
+    x, calls = heun_solve(den, z.to(torch.float64), sigmas, clamp=clamp, final_denoise=True)
+    return x.to(z.dtype).clamp(-1, 1), per_call * calls
 
 
 def ode_to_noise(net, images, labels=None, *, num_points=40, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
-                 rho=RHO, sigma_data=SIGMA_DATA, clamp=True):
+                 rho=RHO, sigma_data=SIGMA_DATA, clamp=True, omega=None):
     """PaGoDA's encoder: the clean image is the state at sigma_min; Heun up the reversed grid to sigma_max.
 
-    Returns (z, nfe) with z on the sigma_max scale (std ~ sigma_max for a good teacher).
+    With `omega`, the guided PF-ODE (PaGoDA Sec. 4's latents). Returns (z, nfe) with z on the sigma_max
+    scale (std ~ sigma_max for a good teacher) and nfe the network evaluations per image.
     """
     sigmas = karras_sigmas(num_points, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho).flip(0)
-    den = _float64_denoiser(net, labels, sigma_data)
-    z, nfe = heun_solve(den, images.to(torch.float64), sigmas, clamp=clamp)
-    return z.to(images.dtype), nfe
+    den, per_call = _float64_denoiser(net, labels, sigma_data, omega)
+    z, calls = heun_solve(den, images.to(torch.float64), sigmas, clamp=clamp)
+    return z.to(images.dtype), per_call * calls
 
 
-def _float64_denoiser(net, labels, sigma_data):
+def _float64_denoiser(net, labels, sigma_data, omega):
+    """The denoiser the ODE solver calls and its network evaluations per call (2 with guidance)."""
     # The ODE state is kept in float64 (as EDM's sampler does); the network runs in float32.
-    def den(x, s):
-        return denoise(net, x, s, labels, sigma_data=sigma_data)
-    return den
+    if omega is None or (not torch.is_tensor(omega) and omega == 1):  # D_1(x, c) is D(x, c): one evaluation
+        return (lambda x, s: denoise(net, x, s, labels, sigma_data=sigma_data)), 1
+    return (lambda x, s: guided_denoise(net, x, s, labels, omega=omega, sigma_data=sigma_data)), 2

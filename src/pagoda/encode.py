@@ -50,11 +50,21 @@ def num_shards(n_images, shard_size, *, flips=True):
     return -(-n_images * (2 if flips else 1) // shard_size)
 
 
+def encoding_omegas(n_latents, omega_range, *, seed=0):
+    """One guidance scale per latent, uniform on `omega_range` = (low, high) (PaGoDA Sec. 4; T2I: (2, 10))."""
+    low, high = omega_range
+    if not 0 <= low <= high:
+        raise ValueError(f"omega_range must be (low, high) with 0 <= low <= high, got {omega_range}")
+    return np.random.default_rng([seed, 1]).uniform(low, high, n_latents).astype(np.float32)
+
+
 def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, flips=True, num_points=40,
-                   clamp=True, shard_size=1024, batch_size=512, seed=0, device="auto", progress=True,
-                   shards=None, max_shards_this_call=None):
+                   clamp=True, omega_range=None, shard_size=1024, batch_size=512, seed=0, device="auto",
+                   progress=True, shards=None, max_shards_this_call=None):
     """Write {out_dir}/shard-*.npz: z float32 (n, C, R, R), labels, index (into the training set), flip.
 
+    With `omega_range` the latents come from the classifier-free-guided PF-ODE at a scale drawn per latent
+    (`encoding_omegas`), stored as `omega` (PaGoDA Sec. 4); the teacher needs a null class (label dropout).
     Shards that already exist are kept, so a killed run continues where it stopped; `shards` limits
     this call to some shard numbers (one SLURM job per shard). Each shard records the seconds it took.
     Returns a summary: latent count, NFE per image, images/s of this call, latent statistics (the
@@ -63,11 +73,15 @@ def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, fli
     device = loop.resolve_device(device)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    net, _ = load_network(teacher_path, device=device, expect_kind="teacher")
+    net, meta = load_network(teacher_path, device=device, expect_kind="teacher")
+    if omega_range is not None and not meta.get("label_dropout"):
+        raise ValueError(f"{teacher_path} was trained without label dropout: it has no null class to guide with")
     images, labels, _ = load_dataset(data_dir, "train", resolution)
     idx, flip = encoding_plan(len(images), n_images, flips=flips, seed=seed)
+    omegas = None if omega_range is None else encoding_omegas(len(idx), omega_range, seed=seed)
+    fingerprint = {"omega_range": list(omega_range)} if omega_range is not None else {}  # unguided runs keep theirs
     loop.prepare_run_dir(out_dir, {"stage": "encode", "n_images": n_images, "flips": flips, "num_points": num_points,
-                                   "clamp": clamp, "shard_size": shard_size, "seed": seed,
+                                   "clamp": clamp, "shard_size": shard_size, "seed": seed, **fingerprint,
                                    "teacher": loop.file_fingerprint(teacher_path),
                                    "data": loop.file_fingerprint(dataset_path(data_dir, "train", resolution))},
                          stale=("shard-*.npz", "pairs-*.npz", "timing.json"))
@@ -77,23 +91,26 @@ def encode_dataset(*, teacher_path, data_dir, resolution, out_dir, n_images, fli
         raise ValueError(f"shard numbers must lie in [0, {n_shards}), got {sorted(todo)}")
     if max_shards_this_call is not None:
         todo = todo[:max_shards_this_call]
-    encoded, seconds, nfe = 0, 0.0, 2 * (num_points - 1)
+    encoded, seconds, nfe = 0, 0.0, 2 * (num_points - 1) * (1 if omegas is None else 2)
     for k in tqdm(todo, desc="encode shards", disable=not progress):
         sl = slice(k * shard_size, min((k + 1) * shard_size, len(idx)))
         x = to_model(images[idx[sl]])
         x = torch.where(torch.as_tensor(flip[sl]).view(-1, 1, 1, 1), x.flip(-1), x)
         y = torch.as_tensor(labels[idx[sl]])
+        omega = None if omegas is None else torch.as_tensor(omegas[sl])
         t0 = time.time()
         zs = []
         for b in range(0, len(x), batch_size):
             z, nfe = edm.ode_to_noise(net, x[b:b + batch_size].to(device), y[b:b + batch_size].to(device),
-                                      num_points=num_points, clamp=clamp)
+                                      num_points=num_points, clamp=clamp,
+                                      omega=None if omega is None else omega[b:b + batch_size].to(device))
             zs.append(z.cpu())
         shard_seconds = time.time() - t0
         seconds += shard_seconds
         encoded += len(x)
+        guided = {} if omegas is None else {"omega": omegas[sl]}
         _write_npz(shard_path(out_dir, k), z=torch.cat(zs).numpy().astype(np.float32), labels=y.numpy(),
-                   index=idx[sl], flip=flip[sl], seconds=np.float64(shard_seconds))
+                   index=idx[sl], flip=flip[sl], seconds=np.float64(shard_seconds), **guided)
     complete = all(shard_path(out_dir, k).exists() for k in range(n_shards))
     summary = {"nfe_per_image": nfe, "num_points": num_points, "clamp": clamp, "resolution": resolution,
                "device": loop.device_name(device), "shards": n_shards, "complete": complete}

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from . import judge, layout, loop, metrics, swd
-from .data import balanced_subset, load_dataset, resize_uint8, to_uint8
+from .data import balanced_subset, load_dataset, resize_uint8, to_model, to_uint8
 from .judge import load_judge
 from .sampling import class_labels, load_sampler, seeds_for
 
@@ -121,11 +121,12 @@ class ImageStream:
 
 
 def method_images(method, resolution, *, base_resolution, n, seed, data_dir, teacher_path=None, decoder_path=None,
-                  base_samples=None, num_points=40, batch_size=500, warmup=32, device="cpu"):
+                  base_samples=None, num_points=40, omega=None, batch_size=500, warmup=32, device="cpu"):
     """(uint8 images as an `ImageStream` of chunks of `batch_size`, labels, nfe) for one row of the table.
 
     `base_samples`: for the *_bicubic rows of generators, the record of the method at the base
     resolution ({"images", "labels", "nfe", "images_per_sec"}) whose images are upsampled here.
+    `omega`: the guidance scale of a guided generator (the teacher's CFG, a guided decoder's input).
     Generators are warmed up on `warmup` images first, so that the speed excludes one-time costs.
     """
     seeds = seeds_for(n, EVAL_SEED_OFFSET + seed)
@@ -138,7 +139,7 @@ def method_images(method, resolution, *, base_resolution, n, seed, data_dir, tea
         return ImageStream(make, len(subset), chunk=batch_size, timed=False), labels[subset], None
     if method in ("teacher_ode", "pagoda"):
         path = teacher_path if method == "teacher_ode" else decoder_path
-        sampler, meta = load_sampler(path, device=device, num_points=num_points, batch_size=batch_size)
+        sampler, meta = load_sampler(path, device=device, num_points=num_points, omega=omega, batch_size=batch_size)
         labels = class_labels(n, meta["num_classes"])
         chunk_labels = (lambda b, e: None) if labels is None else (lambda b, e: labels[b:e])  # noqa: E731
         _, nfe = sampler(chunk_labels(0, warmup), seeds[:warmup])
@@ -245,23 +246,25 @@ def _keeping(chunks, n, kept):
 def evaluate(method, resolution, *, resolutions, reference_path, judge_path, out_path, samples_path, n_samples=2000,
              seed=0, data_dir, teacher_path=None, decoder_path=None, base_samples_path=None, num_points=40,
              feature_size=64, k=3, swd_min_resolution=16, swd_descriptors_per_image=128, swd_projections=512,
-             inception_dir=None, keep_samples=2000, batch_size=500, device="auto"):
+             inception_dir=None, omega=None, keep_samples=2000, batch_size=500, device="auto"):
     """Make (or upsample) the method's images chunk by chunk, score them, write the JSON record and the samples.
 
     The samples file keeps every image at the base resolution (the bicubic rows upsample them) and the first
-    `keep_samples` above it (sample grids, the placement check): memory stays at one chunk of images."""
+    `keep_samples` above it (sample grids, the placement check): memory stays at one chunk of images. With
+    `omega` (guided generators) the record also has omega and the judge's accuracy on the intended classes."""
     if not applies(method, resolution, resolutions):
         raise ValueError(f"{method} has no row at resolution {resolution} (resolutions {resolutions})")
     device = loop.resolve_device(device)
     base_samples = load_samples(base_samples_path) if base_samples_path else None
     images, labels, nfe = method_images(method, resolution, base_resolution=resolutions[0], n=n_samples, seed=seed,
                                         data_dir=data_dir, teacher_path=teacher_path, decoder_path=decoder_path,
-                                        base_samples=base_samples, num_points=num_points, batch_size=batch_size,
-                                        device=device)
+                                        base_samples=base_samples, num_points=num_points, omega=omega,
+                                        batch_size=batch_size, device=device)
     keep = len(images) if resolution == resolutions[0] else min(len(images), keep_samples)
     kept = []
+    judge_net = load_judge(judge_path, device)[0]
     scores = score(_keeping(images, keep, kept), load_reference(reference_path),
-                   judge_net=load_judge(judge_path, device)[0], feature_size=feature_size, k=k,
+                   judge_net=judge_net, feature_size=feature_size, k=k,
                    swd_min_resolution=swd_min_resolution, swd_descriptors_per_image=swd_descriptors_per_image,
                    swd_projections=swd_projections, inception_dir=inception_dir, seed=seed, device=device)
     ips = images.images_per_sec()
@@ -269,6 +272,9 @@ def evaluate(method, resolution, *, resolutions, reference_path, judge_path, out
     record = {"method": method, "resolution": resolution, "nfe": nfe, "n_samples": int(len(images)), **scores,
               "images_per_sec": ips, "device": loop.device_name(device) if ips is not None else None,
               "feature_size": feature_size}
+    if omega is not None:  # how strongly guidance binds: the judge recognises the class asked for
+        predicted = judge.predict(judge_net, to_model(np.concatenate(kept)))
+        record.update(omega=omega, class_accuracy_judge=float((predicted.numpy() == labels[:keep]).mean()))
     loop.atomic_write_json(record, out_path)
     return record
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import loop
-from .checkpoints import load_checkpoint
+from .checkpoints import load_small_network, save_small_network
 from .data import as_images, load_dataset, to_model
 
 
@@ -55,12 +55,13 @@ def learning_rate(step, *, total_steps, lr, warmup_fraction=0.1):
     return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
 
-class JudgeTask:
-    """One Adam step of cross-entropy on a random batch of real images, each flipped with probability 1/2."""
+class FlippedBatchTask:
+    """One Adam step of `loss(x, idx)` on a random batch of examples, each image flipped with probability 1/2,
+    at the warm-up-then-cosine `learning_rate`: the judge's and the omega estimator's training."""
 
-    def __init__(self, net, images, labels, *, total_steps, batch_size=128, lr=3e-3, device="cpu"):
+    def __init__(self, net, num_examples, *, total_steps, batch_size=128, lr=3e-3, device="cpu"):
         self.net = net.to(device).train()
-        self.images, self.labels = as_images(images), torch.as_tensor(labels)
+        self.num_examples = num_examples
         self.total_steps, self.batch_size, self.lr, self.device = total_steps, batch_size, lr, device
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
 
@@ -72,12 +73,12 @@ class JudgeTask:
 
     def step(self, step, generator):
         n = self.batch_size
-        idx = torch.randint(len(self.images), (n,), generator=generator, device=generator.device).cpu()
+        idx = torch.randint(self.num_examples, (n,), generator=generator, device=generator.device).cpu()
         flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).cpu()[loop.rank_slice(n)]
         idx = idx[loop.rank_slice(n)]
-        x = to_model(self.images[idx])
+        x = self.inputs(idx)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x).to(self.device)
-        loss = F.cross_entropy(self.net(x), self.labels[idx].to(self.device))
+        loss = self.loss(x, idx)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(step, total_steps=self.total_steps, lr=self.lr)
         self.opt.zero_grad(set_to_none=True)
@@ -85,6 +86,20 @@ class JudgeTask:
         loop.average_gradients(self.net.parameters())
         self.opt.step()
         return {"loss": loop.mean_over_ranks(loss.detach()).item()}
+
+
+class JudgeTask(FlippedBatchTask):
+    """Cross-entropy of the judge on the real training images."""
+
+    def __init__(self, net, images, labels, **kwargs):
+        super().__init__(net, len(images), **kwargs)
+        self.images, self.labels = as_images(images), torch.as_tensor(labels)
+
+    def inputs(self, idx):
+        return to_model(self.images[idx])
+
+    def loss(self, x, idx):
+        return F.cross_entropy(self.net(x), self.labels[idx].to(self.device))
 
 
 @torch.no_grad()
@@ -131,13 +146,10 @@ def train_judge(*, data_dir, resolution, run_dir, out_path, steps=1000, batch_si
     summary = {"resolution": resolution, "test_accuracy": accuracy, "steps": rows[-1]["step"],
                "seconds": loop.read_timing(run_dir)["seconds"], "parameters": sum(p.numel() for p in net.parameters()),
                "feature_dim": feature_dim, "classes": list(classes)}
-    loop.atomic_save({"hparams": net.hparams, "state": net.state_dict(), "meta": summary}, out_path)
+    save_small_network(out_path, net, summary)
     return summary
 
 
 def load_judge(path, device="cpu"):
     """(JudgeCNN in eval mode, frozen; its training summary)."""
-    ckpt = load_checkpoint(path, device)
-    net = JudgeCNN(**ckpt["hparams"]).to(device)
-    net.load_state_dict(ckpt["state"])
-    return net.eval().requires_grad_(False), ckpt["meta"]
+    return load_small_network(path, JudgeCNN, device)

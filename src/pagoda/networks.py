@@ -5,7 +5,8 @@ Module names follow the released ADM/consistency-models layout (`time_embed`, `l
 `out_layers`/`skip_connection`; attention `norm`/`qkv`/`proj_out`) so that public ADM-format
 checkpoints map onto it by name. PaGoDA's progressive growing (Sec. 3.2) appends output blocks
 at higher resolutions with `grow()`; the hyperparameters live in `UNetConfig`, which every
-checkpoint stores.
+checkpoint stores. A negative label is classifier-free guidance's null class; with `omega_embedding`
+the network also takes the guidance scale omega (PaGoDA Sec. 4).
 """
 
 import dataclasses
@@ -14,6 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+NULL_LABEL = -1     # classifier-free guidance's null class: the label adds nothing (EDM2's zero one-hot)
+OMEGA_SCALE = 100   # PaGoDA Sec. 4: omega is embedded like the noise level after scaling by 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,7 @@ class UNetConfig:
     time_scale: float = 1000.0         # the network sees t = time_scale * c_noise (ADM: 250 ln sigma)
     growth: tuple = ()                 # GrowthLevel per appended 2x level (PaGoDA Stage 3)
     growth_head: str = "residual"      # "residual": exact upsampled copy at init; "shared": released code
+    omega_embedding: bool = False      # takes the guidance scale omega (PaGoDA Sec. 4's guided G)
 
     @property
     def out_resolution(self):
@@ -180,6 +185,9 @@ class UNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.label_emb = nn.Embedding(cfg.num_classes, emb_ch) if cfg.num_classes else None
+        # Zero last layer: a guided G made from an unguided network starts as that network at every omega.
+        self.omega_embed = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), zero_module(nn.Linear(emb_ch, emb_ch))) \
+            if cfg.omega_embedding else None
 
         # Encoder path.
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
@@ -250,14 +258,19 @@ class UNet(nn.Module):
                 raise ValueError("growth_head='shared' reuses the head, so growth channels must equal "
                                  f"{self.out[-1].in_channels}, got {cur}")
 
-    def forward(self, x, c_noise, labels=None):
+    def forward(self, x, c_noise, labels=None, omega=None):
         cfg = self.config
         emb = self.time_embed(timestep_embedding(cfg.time_scale * c_noise.reshape(-1).expand(x.shape[0]),
                                                  cfg.model_channels))
         if self.label_emb is not None:
             if labels is None:
                 raise ValueError("this network is class-conditional: pass labels")
-            emb = emb + self.label_emb(labels)
+            emb = emb + self.label_emb(labels.clamp(min=0)) * (labels >= 0)[:, None].to(emb.dtype)
+        if self.omega_embed is not None:
+            if omega is None:
+                raise ValueError("this network is guidance-conditioned: pass omega")
+            omega = torch.as_tensor(omega, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
+            emb = emb + self.omega_embed(timestep_embedding(OMEGA_SCALE * omega, cfg.model_channels))
         skips, h = [], x
         for block in self.input_blocks:
             h = block(h, emb)

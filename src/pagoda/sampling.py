@@ -33,8 +33,9 @@ def batched(fn, n, batch_size, *, progress=False, desc=None):
 
 
 @torch.no_grad()
-def sample_teacher(net, labels, *, seeds, num_points=40, batch_size=500, device="cpu", progress=False):
-    """The teacher's deterministic Heun sampler (EDM Alg. 1): n images in [-1, 1] (CPU) and NFE/image."""
+def sample_teacher(net, labels, *, seeds, num_points=40, omega=None, batch_size=500, device="cpu", progress=False):
+    """The teacher's deterministic Heun sampler (EDM Alg. 1): n images in [-1, 1] (CPU) and NFE/image.
+    With `omega`, classifier-free guided at that scale (2 network evaluations per denoiser call)."""
     net = net.to(device).eval()
     cfg = net.config
     shape = (cfg.in_channels, cfg.img_resolution, cfg.img_resolution)
@@ -44,7 +45,7 @@ def sample_teacher(net, labels, *, seeds, num_points=40, batch_size=500, device=
     def one(sl):
         y = None if labels is None else labels[sl].to(device)
         z = edm.SIGMA_MAX * image_noise(seeds[sl], shape, device)
-        x, nfe[0] = edm.ode_to_data(net, z, y, num_points=num_points)
+        x, nfe[0] = edm.ode_to_data(net, z, y, num_points=num_points, omega=omega)
         return x.cpu()
     images = batched(one, len(seeds), batch_size, progress=progress, desc="teacher ODE")
     return images, nfe[0]
@@ -56,8 +57,9 @@ def seeds_for(n, seed):
 
 
 @torch.no_grad()
-def sample_decoder(net, labels, *, seeds, sigma_max=edm.SIGMA_MAX, batch_size=500, device="cpu", progress=False):
-    """PaGoDA's one-step sampler: G(sigma_max n, y), clamped to [-1, 1]; images on the CPU and NFE = 1."""
+def sample_decoder(net, labels, *, seeds, sigma_max=edm.SIGMA_MAX, omega=None, batch_size=500, device="cpu",
+                   progress=False):
+    """PaGoDA's one-step sampler: G(sigma_max n, y[, omega]), clamped to [-1, 1]; images on the CPU and NFE = 1."""
     from .decoder import generate
     net = net.to(device).eval()
     cfg = net.config
@@ -67,26 +69,27 @@ def sample_decoder(net, labels, *, seeds, sigma_max=edm.SIGMA_MAX, batch_size=50
     def one(sl):
         y = None if labels is None else labels[sl].to(device)
         z = sigma_max * image_noise(seeds[sl], shape, device)
-        return generate(net, z, y, sigma_max=sigma_max).clamp(-1, 1).cpu()
+        return generate(net, z, y, omega=omega, sigma_max=sigma_max).clamp(-1, 1).cpu()
     return batched(one, len(seeds), batch_size, progress=progress, desc="one-step"), 1
 
 
-def load_sampler(path, *, device="cpu", num_points=40, batch_size=500, progress=False):
+def load_sampler(path, *, device="cpu", num_points=40, omega=None, batch_size=500, progress=False):
     """A checkpoint's sampler as one callable (labels, seeds) -> (images in [-1, 1], NFE per image).
 
     Teacher checkpoints sample with the Heun ODE solver (`num_points` grid points), decoder checkpoints
-    in one step; evaluation treats both alike. Also returns the checkpoint's meta dict.
+    in one step; evaluation treats both alike. `omega`: the guidance scale (a guided teacher's CFG, a
+    guided decoder's input). Also returns the checkpoint's meta dict.
     """
     from .checkpoints import load_checkpoint, load_network
     kind = load_checkpoint(path)["kind"]
     net, meta = load_network(path, device=device)
     if kind == "teacher":
         def sampler(labels, seeds):
-            return sample_teacher(net, labels, seeds=seeds, num_points=num_points, batch_size=batch_size,
-                                  device=device, progress=progress)
+            return sample_teacher(net, labels, seeds=seeds, num_points=num_points, omega=omega,
+                                  batch_size=batch_size, device=device, progress=progress)
     else:
         def sampler(labels, seeds):
             return sample_decoder(net, labels, seeds=seeds, sigma_max=meta.get("sigma_max", edm.SIGMA_MAX),
-                                  batch_size=batch_size, device=device, progress=progress)
+                                  omega=omega, batch_size=batch_size, device=device, progress=progress)
     return sampler, {**meta, "kind": kind, "num_classes": net.config.num_classes,
                      "resolution": net.config.out_resolution}
