@@ -20,6 +20,7 @@ include: "rules/evaluate.smk"
 include: "rules/inverse.smk"
 include: "rules/report.smk"
 include: "rules/ablations.smk"
+include: "rules/guidance.smk"
 
 
 rule all:

@@ -2,7 +2,7 @@
 import json
 import pathlib
 
-from pagoda import ablations, encode, evaluate, layout
+from pagoda import ablations, encode, evaluate, guidance_study, layout
 from pagoda.workflow import check_config, decoder_stage, notebook_parameters
 
 check_config(config)
@@ -236,13 +236,13 @@ def teacher_record(step):
     return f"{R}/ablations/eval/teacher{step}.json"
 
 
-def evaluate_kwargs(method, res, output, **extra):
+def evaluate_kwargs(method, res, output, *, n_samples=ABL["n_samples"], **extra):
     """`evaluate.evaluate`'s keywords: the evaluation's settings, the ablations' sample count."""
     ev = config["evaluate"]
     return json.dumps(dict(
         method=method, resolution=int(res), resolutions=RESOLUTIONS, reference_path=reference_path(res),
         judge_path=judge_path(res), out_path=output.record, samples_path=output.samples,
-        n_samples=ABL["n_samples"], seed=config["seed"], data_dir=f"{R}/data",
+        n_samples=n_samples, seed=config["seed"], data_dir=f"{R}/data",
         feature_size=ev["feature_size"], k=ev["k"], swd_min_resolution=ev["swd_min_resolution"],
         swd_descriptors_per_image=ev["swd_descriptors_per_image"], swd_projections=ev["swd_projections"],
         inception_dir=ev["inception_dir"], keep_samples=ev["keep_samples"], batch_size=ev["batch_size"],
@@ -272,3 +272,74 @@ def ablation_rows():
 
 ABLATION_FIGURES = sorted({f"{R}/figures/ablation_{v.ablation}.png" for v in VARIANTS.values()}) + [
     f"{R}/figures/ablation_{name}.png" for name in ("teacher_steps", "sr_inversion")]
+
+
+# ----------------------------------------------------------------------------
+# The guidance target (rules/guidance.smk).
+
+GUIDE = config["guidance"]
+GUIDED_TEACHER = guidance_study.teacher_path(config)
+GUIDED_LATENTS = f"{R}/guidance/latents/summary.json"
+GUIDED_ROWS = guidance_study.rows(config)
+GUIDANCE_FIGURES = [f"{R}/figures/guidance_{name}.png" for name in ("curves", "samples", "estimator")]
+
+
+def guidance_job(job):
+    """The shell command of one job: `python -m pagoda.guidance_study JOB 'JSON keywords'`."""
+    return (f"PYTHONPATH=src OMP_NUM_THREADS={{threads}} python -m pagoda.guidance_study {job} "
+            "{params.kwargs:q} > {log} 2>&1")
+
+
+def guided_teacher_kwargs():
+    """train_teacher's keywords: the default teacher's settings, with label dropout."""
+    t = config["teacher"]
+    return dict(data_dir=f"{R}/data", resolution=BASE, run_dir=f"{R}/guidance/teacher", out_path=GUIDED_TEACHER,
+                network=t["network"], total_steps=t.get("steps", 0), batch_size=t.get("batch_size", 0),
+                lr=t.get("lr", 0), lr_warmup_steps=t.get("lr_warmup_steps", 0), ema_decay=t.get("ema_decay", 0),
+                checkpoint_every=t.get("checkpoint_every", 1), label_dropout=GUIDE["label_dropout"],
+                seed=config["seed"], device=config["device"])
+
+
+def guided_encode_kwargs():
+    """The default encoding's settings, with the guided teacher, omega_range, and one file of latents."""
+    n = config["encode"]["n_images"]
+    return {**encode_parameters(), "teacher_path": GUIDED_TEACHER, "out_dir": f"{R}/guidance/latents",
+            "omega_range": GUIDE["omega_range"], "shard_size": 2 * n, "summary_path": GUIDED_LATENTS}
+
+
+def guided_stage(wildcards):
+    res = int(wildcards.res)
+    if res not in guidance_study.decoder_resolutions(config, wildcards.real):
+        raise ValueError(f"the {wildcards.real} guided decoder is not trained at {res}")
+    return guidance_study.stage_arguments(config, RESOLUTIONS.index(res), wildcards.real)
+
+
+def guided_stage_inputs(wildcards):
+    kwargs = guided_stage(wildcards)
+    inputs = {"init": kwargs["init_path"], "latents": GUIDED_LATENTS, "data": data_file("train", wildcards.res)}
+    if kwargs["real_omegas_path"]:
+        inputs["real_omegas"] = kwargs["real_omegas_path"]
+    return inputs
+
+
+def guided_evaluation_inputs(wildcards):
+    res, omega = int(wildcards.res), float(wildcards.omega)
+    inputs = {"reference": reference_path(res), "judge": judge_path(res)}
+    if wildcards.name == "teacher_ode":
+        inputs["teacher"] = GUIDED_TEACHER
+    elif wildcards.name == "teacher_ode_bicubic":
+        inputs["base_samples"] = layout.record_samples_path(guidance_study.record_path(config, "teacher_ode", omega,
+                                                                                       BASE))
+    else:
+        real = wildcards.name.split("-", 1)[1]
+        inputs["decoder"] = layout.decoder_path(guidance_study.decoder_dir(config, real), res)
+    return inputs
+
+
+def guided_evaluate_kwargs(wildcards, input, output):
+    method = wildcards.name.split("-", 1)[0]
+    extra = {"teacher_ode": dict(teacher_path=input.get("teacher"), num_points=config["evaluate"]["num_points"]),
+             "teacher_ode_bicubic": dict(base_samples_path=input.get("base_samples")),
+             "pagoda": dict(decoder_path=input.get("decoder"))}[method]
+    return evaluate_kwargs(method, wildcards.res, output, n_samples=GUIDE["n_samples"], omega=float(wildcards.omega),
+                           **extra)

@@ -60,6 +60,18 @@ def test_distillation_objective_needs_teacher_pairs_and_no_growth_stage(config):
     check_config(bad)
 
 
+def test_guidance_range_and_grid_are_checked(config):
+    bad = copy.deepcopy(config)
+    bad["guidance"]["omega_range"] = [3.0, 1.0]
+    with pytest.raises(ValueError, match="omega_range must be"):
+        check_config(bad)
+    bad["guidance"]["omega_range"], bad["guidance"]["omega_grid"] = [1.0, 1.0], [1.0, 3.0, 2.0]
+    with pytest.raises(ValueError, match="increasing order"):
+        check_config(bad)
+    bad["guidance"]["omega_grid"] = [1.0, 2.0, 3.0]
+    check_config(bad)
+
+
 def snakemake(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True)
 
@@ -90,6 +102,18 @@ def test_ablations_dry_run_trains_each_variant_once_and_reuses_the_default_run(t
     assert (jobs["train_teacher"], jobs["train_decoder"], jobs["grow_decoder"], jobs["evaluate_method"]) == (1, 1, 2, 4)
     assert (jobs["encode_teacher_snapshot"], jobs["draw_teacher_pairs"], jobs["evaluate_teacher_snapshot"]) == (2, 1, 2)
     assert "solve_inverse_problems" not in jobs and jobs["compare_sr_compute"] == jobs["tabulate_ablations"] == 1
+
+
+def test_guidance_dry_run_trains_its_own_teacher_and_two_guided_decoders(tmp_path):
+    out = snakemake("-n", f"{tmp_path}/res/guidance_table.csv", "--config", f"results={tmp_path}/res")
+    assert out.returncode == 0, out.stderr + out.stdout
+    jobs = job_counts(out.stdout)
+    # The guided teacher, latents and estimator once; the estimator's decoder at 8, 16, 32 and the uniform one at 8.
+    assert (jobs["train_guided_teacher"], jobs["encode_guided_latents"], jobs["train_omega_estimator"]) == (1, 1, 1)
+    assert jobs["train_guided_decoder"] == 4 and "train_teacher" not in jobs and "train_decoder" not in jobs
+    # 5 omegas x (teacher at 8, bicubic at 16 and 32, the estimator's decoder at 3 resolutions, the uniform one at 8).
+    assert jobs["evaluate_guided"] == 5 * (3 + 3 + 1) and jobs["tabulate_guidance"] == 1
+    assert "\"omega_range\": [1.0, 3.0]" in out.stdout  # the guided jobs get the config's range
 
 
 def test_paper_scale_dry_run_with_the_slurm_profile():

@@ -317,17 +317,9 @@ JOBS = {"encode": ("pagoda.ablations:encode_teacher", {}),
 
 
 def main(argv=None):
-    """One job of the ablation target: python -m pagoda.ablations {encode,train,evaluate} 'JSON keywords'."""
-    import argparse
-    import json
-
-    from .launch import call
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("job", choices=sorted(JOBS))
-    parser.add_argument("params", help="the job's keyword arguments as JSON text")
-    args = parser.parse_args(argv)
-    target, extra = JOBS[args.job]
-    print(json.dumps(call(target, {**json.loads(args.params), **extra}), indent=1, default=str))
+    """One job of the ablation target: python -m pagoda.ablations {encode,train,evaluate,sr} 'JSON keywords'."""
+    from .launch import job_main
+    job_main(JOBS, argv, description=main.__doc__)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,18 @@ def launch(target, kwargs, *, nproc_per_node=1, work_dir, threads_per_process=No
     return json.loads(result_path.read_text())
 
 
+def job_main(jobs, argv=None, *, description=None):
+    """A workflow job's command line: `python -m pagoda.MODULE JOB 'JSON keywords'`, where `jobs` maps each
+    JOB to (target, keywords it always gets). Prints the target's result as JSON (the job's log)."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("job", choices=sorted(jobs))
+    parser.add_argument("params", help="the job's keyword arguments as JSON text")
+    args = parser.parse_args(argv)
+    target, extra = jobs[args.job]
+    print(json.dumps(call(target, {**json.loads(args.params), **extra}), indent=1, default=str))
+
+
 def main(argv=None):
     """Entry point of each torchrun rank: python -m pagoda.launch ARGS.json RESULT.json."""
     args_path, result_path = argv or sys.argv[1:]

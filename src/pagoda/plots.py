@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import layout
 from .evaluate import load_samples
 
 
@@ -332,5 +333,68 @@ def plot_teacher_steps(table, metric="fd_judge"):
     ax.set_xlabel("NFE per image")
     ax.set_ylabel(METRIC_TITLES.get(metric, metric))
     ax.legend(fontsize=7, frameon=False, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# The guidance target's figures (results/figures/guidance_*.png).
+
+def plot_guidance_curves(table):
+    """The guidance trade-off: precision against recall and class accuracy against fd_judge, one curve per
+    (method, resolution), each point labelled with its omega."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, ((method, real, r), at) in enumerate(table.groupby(["method", "real_omega", "resolution"], dropna=False)):
+        at = at.sort_values("omega")
+        name = method.replace("teacher_ode_bicubic", "teacher ODE, bicubic").replace("teacher_ode", "teacher ODE")
+        label = f"{name}{'' if pd.isna(real) else f' ({real})'}, {r}x{r}, {int(at.nfe.iloc[0])} NFE"
+        style = dict(marker="*" if method == "pagoda" else "o", ls="-" if method == "pagoda" else "--", color=f"C{i}")
+        for ax, (x, y) in zip(axes, (("recall_judge", "precision_judge"), ("fd_judge", "class_accuracy_judge"))):
+            ax.plot(at[x], at[y], label=label, **style)
+            for _, row in at.iterrows():
+                ax.annotate(f"{row.omega:g}", (row[x], row[y]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    for ax, (x, y) in zip(axes, (("recall_judge", "precision_judge"), ("fd_judge", "class_accuracy_judge"))):
+        ax.set_xlabel(METRIC_TITLES.get(x, x))
+        ax.set_ylabel(METRIC_TITLES.get(y, y) if y != "class_accuracy_judge" else "judge's accuracy on the class asked for")
+    axes[1].set_xscale("log")
+    axes[1].legend(fontsize=6, frameon=False)
+    fig.suptitle("guidance scale omega along each curve", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_guidance_samples(rows, *, per_omega=10):
+    """Samples of the same noise and classes across omega: one row per (method, omega)."""
+    images, names = [], []
+    for row in rows:
+        s = load_samples(layout.record_samples_path(row["record"]))
+        images.append(torch.as_tensor(s["images"][:per_omega]))
+        names.append(f"{row['method']}{'' if row.get('real_omega') is None else '-' + row['real_omega']}, "
+                     f"w={row['omega']:g}")
+    return image_rows(images, names, title="the same noise and classes across omega")
+
+
+def plot_omega_estimator(summary, real_omegas=None):
+    """The estimator on held-out teacher samples (mean prediction per omega bin) and, when given, the omegas it
+    assigns to the real training images."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    if summary is None:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no omega estimator at this size", ha="center", va="center")
+            ax.set_axis_off()
+        return fig
+    bins = pd.DataFrame(summary["held_out"]["bins"])
+    axes[0].plot(bins.omega, bins.predicted, "o-", label="mean prediction")
+    axes[0].plot(bins.omega, bins.omega, "k:", label="exact")
+    axes[0].set_xlabel("omega of the teacher's sample")
+    axes[0].set_ylabel("omega_phi")
+    axes[0].set_title(f"held out: RMSE {summary['held_out']['rmse']:.3f}, r {summary['held_out']['pearson_r']:.3f}",
+                      fontsize=9)
+    axes[0].legend(fontsize=7, frameon=False)
+    if real_omegas is not None:
+        axes[1].hist(real_omegas, bins=40)
+        axes[1].set_xlabel("omega_phi of the real training images")
+    else:
+        axes[1].set_axis_off()
     fig.tight_layout()
     return fig

@@ -39,6 +39,11 @@ def check_config(config):
     if objective != "reconstruction" and len(res) > 1:
         raise ValueError(f"decoder.objective = {objective} applies to Stage 2 only (its teacher pairs are "
                          f"{res[0]}x{res[0]} samples): list only the teacher's resolution, or use reconstruction")
+    low, high = config["guidance"]["omega_range"]
+    if low > high:
+        raise ValueError(f"guidance.omega_range must be [low, high], got {[low, high]}")
+    if sorted(config["guidance"]["omega_grid"]) != config["guidance"]["omega_grid"]:
+        raise ValueError("guidance.omega_grid must be in increasing order (its curves are drawn in that order)")
 
 
 def notebook_parameters(**parameters):
