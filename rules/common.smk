@@ -308,10 +308,7 @@ def guided_encode_kwargs():
 
 
 def guided_stage(wildcards):
-    res = int(wildcards.res)
-    if res not in guidance_study.decoder_resolutions(config, wildcards.real):
-        raise ValueError(f"the {wildcards.real} guided decoder is not trained at {res}")
-    return guidance_study.stage_arguments(config, RESOLUTIONS.index(res), wildcards.real)
+    return guidance_study.stage_arguments(config, RESOLUTIONS.index(int(wildcards.res)), wildcards.real)
 
 
 def guided_stage_inputs(wildcards):

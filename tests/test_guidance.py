@@ -390,7 +390,7 @@ def test_guidance_claims_on_both_sides_of_each_threshold():
 def test_guided_stages_are_the_default_stages_with_guided_latents_and_omega(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     for real in guidance_study.REAL_OMEGAS:
-        for i, r in enumerate(guidance_study.decoder_resolutions(config, real)):
+        for i, r in enumerate(config["resolutions"]):
             kw, default = guidance_study.stage_arguments(config, i, real), decoder_stage(config, i)
             changed = {k for k in kw if kw[k] != default.get(k)}
             assert changed <= {"latents_dir", "init_path", "run_dir", "out_path", "curve_points", "omega_range",
@@ -399,6 +399,5 @@ def test_guided_stages_are_the_default_stages_with_guided_latents_and_omega(tmp_
             assert kw["init_path"] == (guidance_study.teacher_path(config) if i == 0 else
                                        f"results/guidance/decoder-{real}/{config['resolutions'][i - 1]}/decoder.pt")
             assert (kw["real_omegas_path"] is None) == (real == "uniform")
-    assert guidance_study.decoder_resolutions(config, "uniform") == [8]
     rows = guidance_study.rows(config)
-    assert len(rows) == 5 * 7 and len({r["record"] for r in rows}) == len(rows)
+    assert len(rows) == 5 * 9 and len({r["record"] for r in rows}) == len(rows)

@@ -104,15 +104,15 @@ def test_ablations_dry_run_trains_each_variant_once_and_reuses_the_default_run(t
     assert "solve_inverse_problems" not in jobs and jobs["compare_sr_compute"] == jobs["tabulate_ablations"] == 1
 
 
-def test_guidance_dry_run_trains_its_own_teacher_and_two_guided_decoders(tmp_path):
+def test_guidance_dry_run_trains_its_own_teacher_and_grows_two_guided_decoders(tmp_path):
     out = snakemake("-n", f"{tmp_path}/res/guidance_table.csv", "--config", f"results={tmp_path}/res")
     assert out.returncode == 0, out.stderr + out.stdout
     jobs = job_counts(out.stdout)
-    # The guided teacher, latents and estimator once; the estimator's decoder at 8, 16, 32 and the uniform one at 8.
+    # The guided teacher, latents and estimator once; both guided decoders (estimator, uniform) at 8, 16 and 32.
     assert (jobs["train_guided_teacher"], jobs["encode_guided_latents"], jobs["train_omega_estimator"]) == (1, 1, 1)
-    assert jobs["train_guided_decoder"] == 4 and "train_teacher" not in jobs and "train_decoder" not in jobs
-    # 5 omegas x (teacher at 8, bicubic at 16 and 32, the estimator's decoder at 3 resolutions, the uniform one at 8).
-    assert jobs["evaluate_guided"] == 5 * (3 + 3 + 1) and jobs["tabulate_guidance"] == 1
+    assert jobs["train_guided_decoder"] == 2 * 3 and "train_teacher" not in jobs and "train_decoder" not in jobs
+    # 5 omegas x (teacher at 8, bicubic at 16 and 32, the two decoders at 3 resolutions).
+    assert jobs["evaluate_guided"] == 5 * (3 + 2 * 3) and jobs["tabulate_guidance"] == 1
     assert "\"omega_range\": [1.0, 3.0]" in out.stdout  # the guided jobs get the config's range
 
 

@@ -45,11 +45,6 @@ def decoder_dir(config, real_omega):
     return f"{guidance_dir(config)}/decoder-{real_omega}"
 
 
-def decoder_resolutions(config, real_omega):
-    """The estimator's decoder grows to every resolution; the uniform one is Stage 2 only (the comparison)."""
-    return config["resolutions"] if real_omega == "estimator" else config["resolutions"][:1]
-
-
 def stage_arguments(config, index, real_omega):
     """`train_decoder`'s keywords for guided stage `index`: the default stage's settings, guided latents and omega."""
     res, g = config["resolutions"], config["guidance"]
@@ -75,7 +70,7 @@ def rows(config):
                                                       omega, r)) for r in res]
         out += [dict(method="pagoda", real_omega=real, omega=omega, resolution=r,
                      record=record_path(config, "pagoda", omega, r, real))
-                for real in REAL_OMEGAS for r in decoder_resolutions(config, real)]
+                for real in REAL_OMEGAS for r in res]
     return out
 
 
