@@ -367,18 +367,26 @@ def curve_table(pagoda_accuracy, pagoda_fd, *, uniform_fd=None, top_accuracy=Non
         if top_accuracy is not None:
             rows.append(dict(method="pagoda", real_omega="estimator", omega=w, resolution=32, fd_judge=fd,
                              class_accuracy_judge=top_accuracy[w]))
+            if uniform_fd is not None:  # the other decoder's top resolution goes the other way
+                rows.append(dict(method="pagoda", real_omega="uniform", omega=w, resolution=32, fd_judge=fd,
+                                 class_accuracy_judge=1.2 - top_accuracy[w]))
     return pd.DataFrame(rows)
 
 
 def test_guidance_claims_on_both_sides_of_each_threshold():
     held = guidance_study.claims(curve_table({1.0: 0.6, 3.0: 0.85}, [1.2, 2.0], uniform_fd=1.9,
                                              top_accuracy={1.0: 0.5, 3.0: 0.7}), base_resolution=8)
-    assert held.holds.all() and len(held) == 2 + 2 + 1 + 1  # binds and follows for each real-omega choice
+    assert len(held) == 2 + 2 + 2 + 1  # binds, follows and survives growth for each real-omega choice; labels
+    by_claim = held.set_index("claim").holds
+    survives = [c for c in by_claim.index if c.startswith("guidance survives growth")]
+    assert by_claim[survives].tolist() == [True, False]  # estimator rises at 32, uniform falls: told apart
+    assert by_claim.drop(survives).all()
     assert "follows at 1, 3; leaves at none" in held.measured.iloc[1]
     # Accuracy falling with omega; fd beyond 1 + 4 x 0.25 = 2x the teacher's at omega 3; uniform labels better.
     failed = guidance_study.claims(curve_table({1.0: 0.6, 3.0: 0.5}, [1.2, 4.1], uniform_fd=1.0,
                                                top_accuracy={1.0: 0.7, 3.0: 0.5}), base_resolution=8)
-    assert not failed.holds.any()
+    # Only the uniform decoder's top resolution (1.2 - the estimator's accuracy) now rises with omega.
+    assert failed.holds.tolist() == [False] * 5 + [True, False]
     assert "follows at 1; leaves at 3" in failed.measured.iloc[1]
     # The accuracy tolerance: 0.25 from the teacher's 0.9 is followed, 0.26 is not.
     edge = guidance_study.claims(curve_table({1.0: 0.6, 3.0: 0.65}, [1.0, 2.0]), base_resolution=8)

@@ -105,7 +105,7 @@ def claims(guidance_table, *, base_resolution, tolerance=0.25):
     teacher = t[(t.method == "teacher_ode") & (t.resolution == base_resolution)].set_index("omega")
     out = []
     for real_omega, at in t[t.method == "pagoda"].groupby("real_omega"):
-        base = at[at.resolution == base_resolution].set_index("omega")
+        base = at[at.resolution == base_resolution].sort_values("omega").set_index("omega")
         acc = base.class_accuracy_judge
         out.append(_claim(f"guidance binds in one step ({real_omega} real omegas): class accuracy grows from the "
                           "smallest to the largest omega",
@@ -119,12 +119,12 @@ def claims(guidance_table, *, base_resolution, tolerance=0.25):
                           len(followed) == len(common),
                           "follows at " + (", ".join(f"{w:g}" for w in followed) or "none") + "; leaves at " +
                           (", ".join(f"{w:g}" for w, ok in near if not ok) or "none")))
-    top = t[(t.method == "pagoda") & (t.resolution == t.resolution.max())]
-    if len(top) and top.resolution.iloc[0] != base_resolution:
-        acc = top.set_index("omega").class_accuracy_judge
-        out.append(_claim("guidance survives growth: at the top resolution class accuracy grows with omega too",
-                          acc.iloc[-1] > acc.iloc[0], f"{acc.index[0]:g}: {acc.iloc[0]:.3f} -> "
-                                                      f"{acc.index[-1]:g}: {acc.iloc[-1]:.3f}"))
+    top = t[(t.method == "pagoda") & (t.resolution == t.resolution.max()) & (t.resolution != base_resolution)]
+    for real_omega, at in top.groupby("real_omega"):
+        acc = at.sort_values("omega").set_index("omega").class_accuracy_judge
+        out.append(_claim(f"guidance survives growth ({real_omega} real omegas): at the top resolution class "
+                          "accuracy grows with omega too", acc.iloc[-1] > acc.iloc[0],
+                          f"{acc.index[0]:g}: {acc.iloc[0]:.3f} -> {acc.index[-1]:g}: {acc.iloc[-1]:.3f}"))
     base = t[(t.method == "pagoda") & (t.resolution == base_resolution)]
     if base.real_omega.nunique() == 2:
         mean = base.groupby("real_omega").fd_judge.mean()
