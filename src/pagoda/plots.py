@@ -347,7 +347,8 @@ def plot_guidance_curves(table):
     for i, ((method, real, r), at) in enumerate(table.groupby(["method", "real_omega", "resolution"], dropna=False)):
         at = at.sort_values("omega")
         name = method.replace("teacher_ode_bicubic", "teacher ODE, bicubic").replace("teacher_ode", "teacher ODE")
-        label = f"{name}{'' if pd.isna(real) else f' ({real})'}, {r}x{r}, {int(at.nfe.iloc[0])} NFE"
+        nfe = sorted({int(n) for n in at.nfe})  # the teacher's CFG: 79 at omega 1, 158 above
+        label = f"{name}{'' if pd.isna(real) else f' ({real})'}, {r}x{r}, {'-'.join(map(str, nfe))} NFE"
         style = dict(marker="*" if method == "pagoda" else "o", ls="-" if method == "pagoda" else "--", color=f"C{i}")
         for ax, (x, y) in zip(axes, (("recall_judge", "precision_judge"), ("fd_judge", "class_accuracy_judge"))):
             ax.plot(at[x], at[y], label=label, **style)
