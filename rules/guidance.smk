@@ -46,14 +46,15 @@ rule train_omega_estimator:
         data=data_file("train", BASE),
     output:
         estimator=guidance_study.estimator_path(config),
-        summary=guidance_study.estimator_path(config).replace(".pt", ".json"),
+        summary=guidance_study.estimator_summary_path(config),
         labels=guidance_study.real_omegas_path(config),
     log:
         f"{R}/logs/train_omega_estimator.log",
     params:
         kwargs=lambda wildcards, input, output: json.dumps(dict(
             teacher_path=input.teacher, run_dir=f"{R}/guidance/estimator", out_path=output.estimator,
-            labels_path=output.labels, data_dir=f"{R}/data", omega_range=GUIDE["omega_range"], seed=config["seed"],
+            labels_path=output.labels, summary_path=output.summary, data_dir=f"{R}/data",
+            omega_range=GUIDE["omega_range"], seed=config["seed"],
             device=config["device"], **GUIDE["estimator"])),
     conda:
         "../envs/pagoda.yaml"
@@ -109,7 +110,7 @@ rule tabulate_guidance:
     input:
         notebook="notebooks/11_guidance.ipynb",
         records=[row["record"] for row in GUIDED_ROWS],
-        estimator=guidance_study.estimator_path(config).replace(".pt", ".json"),
+        estimator=guidance_study.estimator_summary_path(config),
         real_omegas=guidance_study.real_omegas_path(config),
         samples=[layout.record_samples_path(row["record"]) for row in GUIDED_ROWS],
     output:

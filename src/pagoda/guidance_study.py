@@ -37,6 +37,10 @@ def estimator_path(config):
     return f"{guidance_dir(config)}/estimator/omega.pt"
 
 
+def estimator_summary_path(config):
+    return f"{guidance_dir(config)}/estimator/omega.json"
+
+
 def real_omegas_path(config):
     return f"{guidance_dir(config)}/estimator/real_omegas.npz"
 
@@ -142,13 +146,14 @@ def encode_guided(*, summary_path, **kwargs):
     return summary
 
 
-def train_estimator(*, labels_path, data_dir, **kwargs):
-    """The omega estimator (`guidance.train_omega_estimator`), then its labels of the real training images."""
+def train_estimator(*, labels_path, summary_path, data_dir, **kwargs):
+    """The omega estimator (`guidance.train_omega_estimator`), then its labels of the real training images;
+    both summaries in `summary_path`."""
     from . import guidance
     summary = guidance.train_omega_estimator(**kwargs, progress=False)
     summary["real_images"] = guidance.label_real_images(estimator_path=kwargs["out_path"], data_dir=data_dir,
                                                         out_path=labels_path)
-    pathlib.Path(kwargs["out_path"]).with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    pathlib.Path(summary_path).write_text(json.dumps(summary, indent=1))
     return summary
 
 
