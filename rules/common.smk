@@ -54,6 +54,7 @@ def teacher_parameters():
         lr_warmup_steps=t.get("lr_warmup_steps", 0),
         ema_decay=t.get("ema_decay", 0),
         checkpoint_every=t.get("checkpoint_every", 1),
+        label_dropout=t.get("label_dropout", 0.0),
         snapshot_steps=TEACHER_SNAPSHOT_STEPS,
         sampler_points=t["sampler_points"],
         seed=config["seed"],

@@ -4,21 +4,23 @@
 # one thread (see rules/ablations.smk); the teacher and the encoding, which everything waits for, take all.
 
 
-rule train_guided_teacher:
-    """Train the teacher with label dropout, so that it is also the unconditional denoiser of CFG."""
-    input:
-        data=data_file("train", BASE),
-    output:
-        teacher=GUIDED_TEACHER,
-    log:
-        f"{R}/logs/train_guided_teacher.log",
-    params:
-        kwargs=json.dumps(guided_teacher_kwargs()),
-    conda:
-        "../envs/pagoda.yaml"
-    threads: workflow.cores
-    shell:
-        guidance_job("teacher")
+if GUIDED_TEACHER != TEACHER:  # the default teacher has no null class (guidance.label_dropout)
+
+    rule train_guided_teacher:
+        """Train the teacher with label dropout, so that it is also the unconditional denoiser of CFG."""
+        input:
+            data=data_file("train", BASE),
+        output:
+            teacher=GUIDED_TEACHER,
+        log:
+            f"{R}/logs/train_guided_teacher.log",
+        params:
+            kwargs=json.dumps(guided_teacher_kwargs()),
+        conda:
+            "../envs/pagoda.yaml"
+        threads: workflow.cores
+        shell:
+            guidance_job("teacher")
 
 
 rule encode_guided_latents:

@@ -29,7 +29,10 @@ def guidance_dir(config):
 
 
 def teacher_path(config):
-    """The teacher with a null class: trained apart from the default teacher, with label dropout."""
+    """The teacher with a null class: the default teacher where it is trained with label dropout, else one of
+    the guidance target's own (guidance.label_dropout; an imported teacher has no null class)."""
+    if config["teacher"].get("label_dropout"):
+        return layout.teacher_path(config["results"])
     return f"{guidance_dir(config)}/teacher/teacher.pt"
 
 

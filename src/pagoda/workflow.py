@@ -39,6 +39,13 @@ def check_config(config):
     if objective != "reconstruction" and len(res) > 1:
         raise ValueError(f"decoder.objective = {objective} applies to Stage 2 only (its teacher pairs are "
                          f"{res[0]}x{res[0]} samples): list only the teacher's resolution, or use reconstruction")
+    default_null_class = bool(config["teacher"].get("label_dropout"))
+    if default_null_class and config["teacher"].get("import_path"):
+        raise ValueError("teacher.label_dropout applies to a trained teacher; an imported one (teacher.import_path) "
+                         "has no null class: set guidance.label_dropout to train the guidance target's own")
+    if default_null_class == ("label_dropout" in config["guidance"]):
+        raise ValueError("give label dropout once: teacher.label_dropout (the guidance target uses the default "
+                         "teacher) or guidance.label_dropout (it trains a teacher of its own)")
     low, high = config["guidance"]["omega_range"]
     if low > high:
         raise ValueError(f"guidance.omega_range must be [low, high], got {[low, high]}")
