@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from pagoda import workflow
+from pagoda import guidance_study, layout, workflow
 from pagoda.workflow import check_config, check_resolution_chain
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -72,6 +72,27 @@ def test_guidance_range_and_grid_are_checked(config):
     check_config(bad)
 
 
+def test_label_dropout_is_given_once_and_only_to_a_trained_teacher(config):
+    own, shared = copy.deepcopy(config), copy.deepcopy(config)  # the guidance target's own teacher; the default one
+    own["teacher"].pop("label_dropout", None)
+    own["guidance"]["label_dropout"] = 0.1
+    shared["teacher"]["label_dropout"] = 0.1
+    shared["guidance"].pop("label_dropout", None)
+    check_config(own), check_config(shared)
+    both = copy.deepcopy(shared)
+    both["guidance"]["label_dropout"] = 0.1
+    neither = copy.deepcopy(own)
+    neither["guidance"].pop("label_dropout")
+    for bad in (both, neither):
+        with pytest.raises(ValueError, match="give label dropout once"):
+            check_config(bad)
+    shared["teacher"]["import_path"] = "checkpoints/edm_imagenet64_ema.pt"
+    with pytest.raises(ValueError, match="an imported one"):
+        check_config(shared)
+    assert guidance_study.teacher_path(own) == f"{config['results']}/guidance/teacher/teacher.pt"
+    assert guidance_study.teacher_path(shared) == layout.teacher_path(config["results"])
+
+
 def snakemake(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True)
 
@@ -104,16 +125,29 @@ def test_ablations_dry_run_trains_each_variant_once_and_reuses_the_default_run(t
     assert "solve_inverse_problems" not in jobs and jobs["compare_sr_compute"] == jobs["tabulate_ablations"] == 1
 
 
-def test_guidance_dry_run_trains_its_own_teacher_and_grows_two_guided_decoders(tmp_path):
+def test_guidance_dry_run_guides_the_default_teacher_and_grows_two_guided_decoders(tmp_path):
     out = snakemake("-n", f"{tmp_path}/res/guidance_table.csv", "--config", f"results={tmp_path}/res")
     assert out.returncode == 0, out.stderr + out.stdout
     jobs = job_counts(out.stdout)
-    # The guided teacher, latents and estimator once; both guided decoders (estimator, uniform) at 8, 16 and 32.
-    assert (jobs["train_guided_teacher"], jobs["encode_guided_latents"], jobs["train_omega_estimator"]) == (1, 1, 1)
-    assert jobs["train_guided_decoder"] == 2 * 3 and "train_teacher" not in jobs and "train_decoder" not in jobs
+    # The default teacher (it has a null class), the guided latents and the estimator once; both guided decoders
+    # (estimator, uniform) at 8, 16 and 32, and none of the default decoders.
+    assert (jobs["train_teacher"], jobs["encode_guided_latents"], jobs["train_omega_estimator"]) == (1, 1, 1)
+    assert jobs["train_guided_decoder"] == 2 * 3 and "train_guided_teacher" not in jobs and "train_decoder" not in jobs
     # 5 omegas x (teacher at 8, bicubic at 16 and 32, the two decoders at 3 resolutions).
     assert jobs["evaluate_guided"] == 5 * (3 + 2 * 3) and jobs["tabulate_guidance"] == 1
     assert "\"omega_range\": [1.0, 3.0]" in out.stdout  # the guided jobs get the config's range
+    assert f"teacher_path\": \"{tmp_path}/res/teacher/teacher.pt" in out.stdout
+
+
+def test_guidance_dry_run_trains_its_own_teacher_where_the_default_has_no_null_class(tmp_path):
+    overlay = tmp_path / "own_teacher.yaml"
+    overlay.write_text(yaml.safe_dump({"teacher": {"label_dropout": 0.0}, "guidance": {"label_dropout": 0.1}}))
+    out = snakemake("-n", f"{tmp_path}/res/guidance_table.csv", "--configfile", str(overlay),
+                    "--config", f"results={tmp_path}/res")
+    assert out.returncode == 0, out.stderr + out.stdout
+    jobs = job_counts(out.stdout)
+    assert jobs["train_guided_teacher"] == 1 and "train_teacher" not in jobs
+    assert "\"label_dropout\": 0.1" in out.stdout
 
 
 def test_paper_scale_dry_run_with_the_slurm_profile():
