@@ -16,12 +16,14 @@ TEACHER = layout.teacher_path(R)
 TEACHER_SNAPSHOT_STEPS = ablations.teacher_snapshot_steps(config)
 TEACHER_SNAPSHOTS = [ablations.teacher_snapshot_path(R, s) for s in TEACHER_SNAPSHOT_STEPS]
 
-# Every stage runs its notebook with papermill; the executed copy is the rule's log, so it is kept
-# when the stage fails. OMP_NUM_THREADS gives torch the job's threads; PYTHONPATH lets the conda
-# environment (envs/pagoda.yaml, which does not install this package) import pagoda from src/.
+# Every stage runs its notebook with papermill (pagoda.notebook: papermill's command line with the
+# kernel on Unix sockets, since TCP ports race between kernels that start together); the executed copy
+# is the rule's log, so it is kept when the stage fails. OMP_NUM_THREADS gives torch the job's threads;
+# PYTHONPATH lets the conda environment (envs/pagoda.yaml, which does not install this package) import
+# pagoda from src/.
 PAPERMILL = (
-    "PYTHONPATH=src OMP_NUM_THREADS={threads} papermill {input.notebook} {log.notebook} "
-    "-k python3 --log-output --no-progress-bar -y {params.parameters:q} > {log.stderr} 2>&1"
+    "PYTHONPATH=src OMP_NUM_THREADS={threads} python -m pagoda.notebook {input.notebook} {log.notebook} "
+    "-y {params.parameters:q} > {log.stderr} 2>&1"
 )
 
 
