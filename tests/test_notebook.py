@@ -22,9 +22,9 @@ def write_notebook(path, body):
     nbformat.write(nb, path)
 
 
-def run(*args):
+def run(*args, python=()):
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run([sys.executable, "-m", "pagoda.notebook", *map(str, args)], env=env,
+    return subprocess.run([sys.executable, *python, "-m", "pagoda.notebook", *map(str, args)], env=env,
                           capture_output=True, text=True)
 
 
@@ -56,3 +56,13 @@ def test_parameters_are_read_as_papermill_reads_them():
     # YAML 1.1 with papermill's loader: later -y texts win, dates stay strings, 8.0e-06 is a float.
     parsed = notebook.parse_parameters(["{lr_g: 8.0e-06, day: 2024-01-02, steps: 3}", "{steps: 4}"])
     assert parsed == {"lr_g": 8e-6, "day": "2024-01-02", "steps": 4}
+
+
+def test_the_command_does_not_build_jsonschemas_iri_grammar(tmp_path):
+    # rfc3987_syntax compiles a grammar at import: 1.2 s of every Snakemake job, for a check nbformat never makes.
+    write_notebook(tmp_path / "in.ipynb", "print(lr_g)")
+    out = run(tmp_path / "in.ipynb", tmp_path / "out.ipynb", python=("-X", "importtime"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "jsonschema" in imported  # notebook validation is loaded ...
+    assert "rfc3987_syntax.syntax_helpers" not in imported and "lark" not in imported  # ... the IRI grammar is not
