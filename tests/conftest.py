@@ -4,7 +4,14 @@ import gzip
 import os
 import struct
 
-import numpy as np
+# Each of the 2 xdist workers, and the notebook kernels it starts, computes on one thread. On two cores, one
+# machine: one process 367 s, two workers of one thread 317 s, two workers of two threads 573 s. Set before
+# numpy and torch load their BLAS and OpenMP pools, which read these once: numpy's and scipy's OpenBLAS ran
+# on 2 threads beside torch's 1 (test_inception_path_runs_with_a_stand_in_model: 17 s alone, 64 s in the suite).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+import numpy as np  # noqa: E402 (after the thread settings above)
 import pytest
 import torch
 from xdist.scheduler import LoadScopeScheduling
@@ -26,14 +33,6 @@ class NotebooksInOrder(LoadScopeScheduling):
 
     def _split_scope(self, nodeid):
         return "notebooks" if nodeid.startswith("notebooks/") else nodeid
-
-
-def pytest_configure(config):
-    """Each of the 2 xdist workers, and the notebook kernels it starts, computes on one thread. On two cores, one
-    machine: one process 367 s, two workers of one thread 317 s, two workers of two threads 573 s."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        os.environ["OMP_NUM_THREADS"] = "1"
-        torch.set_num_threads(1)
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under `-p no:xdist`
