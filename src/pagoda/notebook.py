@@ -53,11 +53,10 @@ def main(argv=None):
     parser.add_argument("output")
     parser.add_argument("-y", "--parameters-yaml", action="append", default=[],
                         help="parameters as a YAML string (papermill's -y)")
-    parser.add_argument("-k", "--kernel", default="python3")
     args = parser.parse_args(argv)
     # What papermill's command line prints: the cells' output, through its logger, on stderr.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    execute(args.notebook, args.output, parse_parameters(args.parameters_yaml), kernel_name=args.kernel)
+    execute(args.notebook, args.output, parse_parameters(args.parameters_yaml))
 
 
 if __name__ == "__main__":
