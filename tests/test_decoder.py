@@ -560,6 +560,7 @@ def test_training_keeps_ema_snapshots_and_the_last_is_the_final_decoder(tiny_tea
     assert [p.name for p in paths] == ["step-00000002.pt", "step-00000004.pt"]
     final, last, first = (checkpoints.load_checkpoint(p) for p in (tmp_path / "G.pt", *paths[::-1]))
     assert last["kind"] == "decoder" and last["config"] == final["config"] and last["meta"]["sigma_max"] == 80.0
+    assert (first["meta"]["steps"], last["meta"]["steps"]) == (2, 4)
     for name, w in final["ema"].items():
         assert torch.equal(last["ema"][name], w) and torch.equal(last["net"][name], w), name
     assert any(not torch.equal(first["ema"][n], w) for n, w in final["ema"].items())  # two steps earlier

@@ -2,6 +2,7 @@
 and the records and samples as written to disk (tiny judge, tiny teacher, tiny data)."""
 
 import dataclasses
+import inspect
 import json
 import types
 
@@ -546,10 +547,39 @@ def test_evaluation_streams_chunks_and_keeps_a_few_samples_above_the_base(tiny_d
     assert base["n_samples"] == 12 and len(evaluate.load_samples(tmp_path / "c.npz")["images"]) == 12
 
 
+def test_learning_curve_defaults_are_the_evaluations(tiny_teacher, judges, eval_dir, tmp_path, monkeypatch):
+    """The notebook leaves k, seed and the chunk size to `learning_curve`: a point is its snapshot's pagoda row
+    only if they are the evaluation's defaults (n is cut to 12 on the way, to keep the test small). The device
+    asked for reaches the judge and the sampler."""
+    seen, method_images, judge_scores, load_judge = {}, evaluate.method_images, evaluate.judge_scores, \
+        evaluate.load_judge
+
+    def images(*args, n, seed, batch_size, device, **kwargs):
+        seen.update(n_samples=n, seed=seed, batch_size=batch_size, sampler_device=device)
+        return method_images(*args, n=12, seed=seed, batch_size=batch_size, device=device, **kwargs)
+
+    monkeypatch.setattr(evaluate, "method_images", images)
+    monkeypatch.setattr(evaluate, "judge_scores", lambda feats, ref, *, k: seen.update(k=k) or judge_scores(
+        feats, ref, k=k))
+    monkeypatch.setattr(evaluate, "load_judge", lambda path, device: seen.update(judge_device=device) or load_judge(
+        path, device))
+    save_network(tmp_path / "step-00000001.pt", decoder.init_decoder(tiny_teacher, resolution=8), kind="decoder")
+    device = torch.device("cpu")
+    evaluate.learning_curve([tmp_path / "step-00000001.pt"], reference_path=eval_dir / "reference_8.npz",
+                            judge_path=judges / "8" / "judge.pt", device=device)
+    row = inspect.signature(evaluate.evaluate).parameters
+    assert seen == {**{name: row[name].default for name in ("n_samples", "k", "seed", "batch_size")},
+                    "sampler_device": device, "judge_device": device}
+
+
 def test_learning_curve_points_are_the_pagoda_rows_of_their_snapshots(tiny_teacher, tiny_data, judges, eval_dir,
-                                                                      tmp_path):
+                                                                      tmp_path, monkeypatch):
     """Each snapshot's point is what `evaluate` gives its pagoda row in the judge's view (same noise, same n),
-    in step order; an untrained and a perturbed decoder give different points."""
+    in step order; an untrained and a perturbed decoder give different points. The k-NN metrics get `k` (on
+    these 12 images k = 2 and k = 3 give equal values, so it is checked where it is passed)."""
+    ks, judge_scores = [], evaluate.judge_scores
+    monkeypatch.setattr(evaluate, "judge_scores", lambda feats, ref, **kw: ks.append(kw["k"]) or judge_scores(
+        feats, ref, **kw))
     torch.manual_seed(0)
     net = decoder.init_decoder(tiny_teacher, resolution=8)
     snaps = tmp_path / "run" / "snapshots"
@@ -561,6 +591,7 @@ def test_learning_curve_points_are_the_pagoda_rows_of_their_snapshots(tiny_teach
     curve = evaluate.learning_curve(loop.snapshot_paths(tmp_path / "run"), reference_path=eval_dir / "reference_8.npz",
                                     judge_path=judges / "8" / "judge.pt", n_samples=12, k=2, seed=1, batch_size=5)
     assert [(c["step"], c["n_samples"]) for c in curve] == [(4, 12), (10, 12)] and "kid_judge" not in curve[0]
+    assert ks == [2, 2]
     assert curve[0]["fd_judge"] != curve[1]["fd_judge"]
     for point, step in zip(curve, (4, 10)):
         (tmp_path / "d" / "8").mkdir(parents=True, exist_ok=True)
