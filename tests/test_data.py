@@ -50,11 +50,16 @@ def test_a_named_data_root_must_exist_and_hold_the_files(tiny_fmnist, tmp_path, 
     fake_download(monkeypatch, lambda *a, **k: pytest.fail("must not download"))
     debian = tmp_path / "debian"
     shutil.copytree(tiny_fmnist, debian)
-    with pytest.raises(data.DataNotFoundError, match=rf"^data.root = '{tmp_path}/typo' does not exist\. "):
+    with pytest.raises(data.DataNotFoundError, match="^" + re.escape(
+            f"data.root = '{tmp_path}/typo' does not exist. Name the folder that holds Fashion-MNIST's IDX files, "
+            "or set data.root: null to use the Debian package or the download.") + "$"):
         data.locate_fashion_mnist(tmp_path / "typo", download_dir=tmp_path / "dl", debian_dir=debian)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.DataNotFoundError, match=rf"^data.root = '{tmp_path}/empty' holds no Fashion-MNIST IDX "
-                                                     r"files .*train-images-idx3-ubyte.*data.root: null"):
+    with pytest.raises(data.DataNotFoundError, match="^" + re.escape(
+            f"data.root = '{tmp_path}/empty' holds no Fashion-MNIST IDX files (looked in it, FashionMNIST/raw and "
+            "fashion-mnist for train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+            "t10k-labels-idx1-ubyte, each optionally .gz). Set data.root: null to use the Debian package or the "
+            "download.") + "$"):
         data.locate_fashion_mnist(str(tmp_path / "empty"), download_dir=tmp_path / "dl", debian_dir=debian)
     with pytest.raises(data.DataNotFoundError, match=rf"^data.root = '{tmp_path}/typo' does not exist \(source "
                                                      r"'fashion_mnist'\)$"):
@@ -143,7 +148,7 @@ def test_resolutions_that_do_not_divide_the_data_are_rejected():
 
 def test_build_dataset_writes_every_split_and_resolution(tiny_fmnist, tmp_path):
     written = data.build_dataset(tmp_path / "out", resolutions=[8, 16, 32], root=tiny_fmnist)
-    assert len(written) == 6
+    assert written == {(s, r): tmp_path / "out" / f"{s}_{r}.npz" for s in ("train", "test") for r in (8, 16, 32)}
     x32, y32, classes = data.load_dataset(tmp_path / "out", "train", 32)
     x8, y8, _ = data.load_dataset(tmp_path / "out", "train", 8)
     assert x8.shape == (40, 1, 8, 8) and np.array_equal(y8, y32)
@@ -203,6 +208,20 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.DataNotFoundError, match="class subfolders"):
         data.list_image_folder(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("source", ["image_folder", "imagenet"])
+def test_folder_sources_stop_before_any_work_unless_both_folders_are_named_and_exist(source, image_tree, tmp_path):
+    out = tmp_path / "out"
+    for key, folders in (("root", dict(root=None, test_root=image_tree)),
+                         ("test_root", dict(root=image_tree, test_root=None))):
+        with pytest.raises(data.DataNotFoundError, match="^" + re.escape(
+                f"data.{key} must name a folder for source '{source}' (<folder>/<class>/<image>)") + "$"):
+            data.build_dataset(out, resolutions=[8], source=source, **folders)
+    with pytest.raises(data.DataNotFoundError,
+                       match="^" + re.escape(f"data.test_root = '{tmp_path}/typo' does not exist (source '{source}')")):
+        data.build_dataset(out, resolutions=[8], source=source, root=image_tree, test_root=tmp_path / "typo")
+    assert not out.exists()
 
 
 def test_build_dataset_from_image_folders(image_tree, tmp_path):
@@ -517,7 +536,8 @@ def test_unreadable_images_stop_indexing_with_one_list_or_are_skipped_and_counte
         data.build_dataset(out, resolutions=[8], source="imagenet", root=imagenet_tree, test_root=imagenet_tree)
     data.build_dataset(out, resolutions=[8], source="imagenet", root=imagenet_tree, test_root=imagenet_tree,
                        skip_unreadable=True)
-    assert "train: left out 2 unreadable image files" in capsys.readouterr().out
+    assert f"train: left out 2 unreadable image files under {imagenet_tree} (data.skip_unreadable)" in \
+        capsys.readouterr().out
     index = json.loads((out / "train_index.json").read_text())
     assert [s["file"] for s in index["skipped"]] == [str(b) for b in bad] and len(index["files"]) == 4
     stream, _, _ = data.load_dataset(out, "train", 8)
@@ -557,7 +577,7 @@ def test_read_error_decodes_jpegs_at_an_eighth_of_their_size(tmp_path, monkeypat
     assert all(type(v) is int for size in asked for v in size)
 
 
-def test_unreadable_files_are_listed_one_per_line_and_skipping_reaches_every_loader(tmp_path):
+def test_unreadable_files_are_listed_one_per_line_and_skipping_reaches_every_loader(tmp_path, capsys):
     """Every unreadable file on a line of its own between the count and the advice; load_image_folder and
     write_stream_index stop on them by default and pass skip_unreadable on; an index records why each was
     skipped; with every file unreadable, skipping stops with a clear error instead of an empty dataset."""
@@ -585,6 +605,10 @@ def test_unreadable_files_are_listed_one_per_line_and_skipping_reaches_every_loa
     assert index["files"] == ["a/good.png"] and index["labels"] == [0]
     assert index["skipped"] == [{"file": str(bad[0]), "error": reasons[0]}, {"file": str(bad[1]), "error": reasons[1]}]
     assert labels.dtype == np.int64
+    data.build_dataset(tmp_path / "out", resolutions=[4], source="image_folder", root=root, test_root=root,
+                       skip_unreadable=True)
+    assert capsys.readouterr().out.splitlines() == [
+        f"{split}: left out 2 unreadable image files under {root} (data.skip_unreadable)" for split in ("train", "test")]
     (root / "a" / "good.png").unlink()  # nothing readable left: a clear error, not an empty dataset
     for load in (lambda: data.list_image_folder(root, skip_unreadable=True),
                  lambda: data.load_image_folder(root, 4, skip_unreadable=True),
