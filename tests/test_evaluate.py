@@ -343,6 +343,14 @@ def test_reference_statistics_defaults_take_every_image_of_a_small_set(tiny_data
     assert np.allclose(ref["effnet_features"], ef, atol=1e-5)
 
 
+def test_keeping_passes_every_chunk_on_and_keeps_exactly_the_first_n_images():
+    chunks = [np.arange(i, i + 3) for i in range(0, 12, 3)]
+    for n, first in ((5, 5), (6, 6), (0, 0), (20, 12)):
+        kept = []
+        assert [c.tolist() for c in evaluate._keeping(iter(chunks), n, kept)] == [c.tolist() for c in chunks]
+        assert np.concatenate(kept or [np.zeros(0, int)]).tolist() == list(range(first)), n
+
+
 def direct_scores(images, ref, net, *, k, seed, feature_size, swd_kw, inception=None):
     """Every metric of `score`, computed here straight from the metric functions."""
     n = len(images)
@@ -367,11 +375,31 @@ def assert_scores_equal(got, expected, expected_levels):
         assert got[key] == (None if v is None else pytest.approx(v, rel=1e-4, abs=1e-6)), key
 
 
-def test_score_is_each_metric_against_the_reference(tiny_data, judges, eval_dir):
+def spy_on_metric_arguments(monkeypatch):
+    """Record the k, seed and min_resolution that reach each metric: on the tests' few images the k-NN metrics,
+    KID's subsets and the SWD's levels can come out the same for other values."""
+    calls = []
+    for module, name in ((evaluate, "judge_scores"), (metrics, "precision_recall"), (metrics, "kernel_distance"),
+                         (swd, "multiscale_swd")):
+        def spy(*args, _name=name, _real=getattr(module, name), **kwargs):
+            calls.append((_name, {k: v for k, v in kwargs.items() if k in ("k", "seed", "min_resolution")}))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def expected_metric_arguments(*, k, seed, min_resolution):
+    return [("judge_scores", {"k": k}), ("precision_recall", {"k": k}), ("kernel_distance", {"seed": seed}),
+            ("multiscale_swd", {"min_resolution": min_resolution, "seed": seed}), ("precision_recall", {"k": k})]
+
+
+def test_score_is_each_metric_against_the_reference(tiny_data, judges, eval_dir, monkeypatch):
     ref = evaluate.load_reference(eval_dir / "reference_8.npz")
     net = judge.load_judge(judges / "8" / "judge.pt")[0]
     images = 255 - load_dataset(tiny_data, "train", 8)[0][:25]  # 25 images: fewer than the reference, more pixels
+    calls = spy_on_metric_arguments(monkeypatch)
     got = evaluate.score(images, ref, judge_net=net, feature_size=32, k=2, seed=1, **SWD_KW)
+    assert calls == expected_metric_arguments(k=2, seed=1, min_resolution=8)
     expected, levels = direct_scores(images, ref, net, k=2, seed=1, feature_size=32, swd_kw=dict(
         min_resolution=8, descriptors_per_image=4, n_projections=16))
     assert list(levels) == ["8"] and expected["fid_inception"] is None
@@ -386,7 +414,9 @@ def test_score_defaults_and_the_inception_view(tiny_data, judges, eval_dir, monk
     images = load_dataset(tiny_data, "test", 16)[0][:12]
     ref["inception_mu"], ref["inception_sigma"] = metrics.statistics(fake_inception(ref["swd_images"]))
     net = judge.load_judge(judges / "16" / "judge.pt")[0]
+    calls = spy_on_metric_arguments(monkeypatch)
     got = evaluate.score(images, ref, judge_net=net)
+    assert calls == expected_metric_arguments(k=3, seed=0, min_resolution=16)
     expected, levels = direct_scores(images, ref, net, k=3, seed=0, feature_size=64, inception=fake_inception,
                                      swd_kw=dict(min_resolution=16, descriptors_per_image=128, n_projections=512))
     assert expected["fid_inception"] > 0

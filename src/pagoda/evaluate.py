@@ -209,7 +209,7 @@ def score(images, reference, *, judge_net, feature_size=64, k=3, swd_min_resolut
     return out
 
 
-def judge_scores(judge_feats, reference, *, k=3):
+def judge_scores(judge_feats, reference, *, k):
     """fd_judge and precision/recall/density/coverage_judge of images with judge features `judge_feats`
     against the reference's (its first len(judge_feats) for the k-NN metrics)."""
     fd = metrics.frechet_distance(metrics.statistics(judge_feats), (reference["judge_mu"], reference["judge_sigma"]))
