@@ -197,6 +197,8 @@ def test_image_folder_loader_uses_adm_preprocessing_and_sorted_classes(image_tre
         assert np.array_equal(img.transpose(1, 2, 0), expected)
     grey, y, _, _ = data.load_image_folder(image_tree, 8, channels=1, max_images=2)
     assert grey.shape == (2, 1, 8, 8) and y.tolist() == [0, 1]  # one of each class, not the first two files
+    every, labels, _, _ = data.load_image_folder(image_tree, 8, channels=1)
+    assert np.array_equal(grey, every[np.sort(data.balanced_subset(labels, 2, seed=0))])  # the same ones each run
 
 
 def test_image_folder_errors(tmp_path):

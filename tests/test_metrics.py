@@ -243,6 +243,7 @@ def test_kernel_distance_is_clean_fids_with_100_subsets_of_at_most_1000_seeded_w
     assert metrics.kernel_distance(x, y) == seeded(0, x, y, 100, 1000)
     assert metrics.kernel_distance(x, y, seed=5, num_subsets=7) == seeded(5, x, y, 7, 1000)
     assert metrics.kernel_distance(x, y, max_subset_size=10) == seeded(0, x, y, 100, 10)
+    assert metrics.kernel_distance(y, x) == seeded(0, y, x, 100, 1000)  # the smaller set is the second one
     big_x, big_y = rng.normal(size=(1001, 2)), rng.normal(size=(1001, 2))
     assert metrics.kernel_distance(big_x, big_y, num_subsets=2) == seeded(0, big_x, big_y, 2, 1000)
     # float32 features (the judges') are computed in float64.
