@@ -298,6 +298,35 @@ def grown_run(tiny_teacher, tiny_data, latents, tmp_path_factory):
     return SimpleNamespace(kw=kw, summary=summary, rec=rec, stderr=stderr.getvalue(), out=out)
 
 
+def test_train_decoder_defaults_are_the_documented_ones(tiny_teacher, tiny_data, latents, tmp_path, monkeypatch):
+    """Called from Python with only the paths and the resolution, a stage trains 500 steps of batch 32 with the
+    paper's feature networks (EfficientNet-lite0 at 224 px, offline weights), checkpoints every 100 steps and
+    grows with 2 residual blocks per new level, from seed 0. Stopped where the training loop would start."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def features(backbones, size, *, source):
+        seen.setdefault("features", []).append((tuple(backbones), size, source))
+        return real_features(backbones, 32, source=source)  # 32 px: the same networks, faster here
+
+    def run(task, **kwargs):
+        seen.update(batch_size=task.batch_size, **{k: kwargs[k] for k in ("total_steps", "checkpoint_every", "seed")})
+        raise Stop
+    real_features, real_init = decoder.feature_networks, decoder.init_decoder
+    monkeypatch.setattr(decoder, "feature_networks", features)
+    monkeypatch.setattr(decoder, "init_decoder", lambda path, **kw: seen.update(init=kw) or real_init(path, **kw))
+    monkeypatch.setattr(loop, "run", run)
+    with pytest.raises(Stop):
+        decoder.train_decoder(data_dir=tiny_data, latents_dir=latents, init_path=tiny_teacher, run_dir=tmp_path / "run",
+                              out_path=tmp_path / "G.pt", resolution=16)
+    assert seen == {"features": [(("efficientnet_lite0",), 224, "offline")], "batch_size": 32, "total_steps": 500,
+                    "checkpoint_every": 100, "seed": 0,
+                    "init": dict(resolution=16, channels=None, num_res_blocks=2, trainable_output_blocks=None,
+                                 growth_head="residual", guided=False, device=torch.device("cpu"))}
+
+
 def grown_config():
     from dataclasses import replace
     return replace(TINY_NET, growth=(GrowthLevel(16, 1),), growth_head="shared")
