@@ -284,7 +284,8 @@ def test_guided_training_refuses_what_it_cannot_do(guidable_teacher, tiny_teache
         guided_task(guidable_teacher, tiny_data, guided_latents, real_omegas=np.ones(3))
 
 
-def test_guided_decoder_trains_grows_and_stays_guided(guidable_teacher, tiny_data, guided_latents, tmp_path):
+def test_guided_decoder_trains_grows_and_stays_guided(guidable_teacher, tiny_data, guided_latents, tmp_path,
+                                                       monkeypatch):
     kw = dict(data_dir=tiny_data, latents_dir=guided_latents, batch_size=4, feature_size=32, omega_range=(1.0, 3.0),
               progress=False, device="cpu")
     decoder.train_decoder(init_path=guidable_teacher, run_dir=tmp_path / "8", out_path=tmp_path / "8.pt", resolution=8,
@@ -298,10 +299,17 @@ def test_guided_decoder_trains_grows_and_stays_guided(guidable_teacher, tiny_dat
                                   decoder.generate(G, z, torch.tensor([0, 1]), omega=3.0))
     with pytest.raises(ValueError, match="guided decoder"):
         decoder.init_decoder(tmp_path / "8.pt", resolution=16)
+    # The growth stage's real images get the estimator's omegas from real_omegas_path.
+    omegas = np.linspace(1.5, 2.5, len(data.load_dataset(tiny_data, "train", 16)[1])).astype(np.float32)
+    np.savez(tmp_path / "omegas.npz", omega=omegas)
+    given, real_task = [], decoder.DecoderTask
+    monkeypatch.setattr(decoder, "DecoderTask", lambda *a, **k: given.append(k["real_omegas"]) or real_task(*a, **k))
     decoder.train_decoder(init_path=tmp_path / "8.pt", run_dir=tmp_path / "16", out_path=tmp_path / "16.pt",
-                          resolution=16, steps=1, **kw)
-    grown, _ = load_network(tmp_path / "16.pt", expect_kind="decoder")
+                          resolution=16, steps=1, real_omegas_path=tmp_path / "omegas.npz", **kw)
+    grown, meta = load_network(tmp_path / "16.pt", expect_kind="decoder")
     assert grown.config.omega_embedding and grown.config.out_resolution == 16
+    assert len(given) == 1 and np.array_equal(given[0], omegas) and meta["real_omegas"]["path"] == str(
+        tmp_path / "omegas.npz")
 
 
 def test_estimator_accuracy_on_known_predictions():
