@@ -298,6 +298,15 @@ def grown_run(tiny_teacher, tiny_data, latents, tmp_path_factory):
     return SimpleNamespace(kw=kw, summary=summary, rec=rec, stderr=stderr.getvalue(), out=out)
 
 
+def test_rebuilt_networks_stay_on_the_device_of_the_one_they_replace():
+    """Adding the omega embedding or changing dropout rebuilds the UNet, on the original's device. Checked on
+    PyTorch's 'meta' device (no data), where a rebuilt net left on the CPU cannot take the original's weights."""
+    for rebuild, config in ((decoder.with_omega_embedding, TINY_NET),
+                            (lambda net: decoder._rebuilt(net, dropout=0.0), dataclasses.replace(TINY_NET, dropout=0.1))):
+        out = rebuild(UNet(config).to("meta"))
+        assert out.config != config and all(p.is_meta for p in out.parameters())
+
+
 def test_train_decoder_defaults_are_the_documented_ones(tiny_teacher, tiny_data, latents, tmp_path, monkeypatch):
     """Called from Python with only the paths and the resolution, a stage trains 500 steps of batch 32 with the
     paper's feature networks (EfficientNet-lite0 at 224 px, offline weights), checkpoints every 100 steps and
