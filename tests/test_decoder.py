@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import os
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -298,6 +299,30 @@ def grown_run(tiny_teacher, tiny_data, latents, tmp_path_factory):
     return SimpleNamespace(kw=kw, summary=summary, rec=rec, stderr=stderr.getvalue(), out=out)
 
 
+@pytest.mark.parametrize("num_classes", [10, 0])
+def test_train_decoder_builds_d_and_the_distance_for_its_generator(num_classes, tiny_data, latents, tmp_path,
+                                                                    monkeypatch):
+    """D is class-conditional exactly when G is (and not omega-conditioned without guidance); the distance is
+    the one asked for. Stopped where the training loop would start."""
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pt"
+    save_network(teacher, UNet(dataclasses.replace(TINY_NET, num_classes=num_classes)), kind="teacher",
+                 meta={"classes": [str(i) for i in range(10)]})
+    tasks = []
+
+    def run(task, **kwargs):
+        tasks.append(task)
+        raise StopIteration
+    monkeypatch.setattr(loop, "run", run)
+    with pytest.raises(StopIteration):
+        decoder.train_decoder(data_dir=tiny_data, latents_dir=latents, init_path=teacher, run_dir=tmp_path / "run",
+                              out_path=tmp_path / "G.pt", resolution=8, feature_size=32, distance="l2")
+    (task,) = tasks
+    heads = list(task.D.heads)
+    assert all((h.embed.num_embeddings if h.embed is not None else 0) == num_classes for h in heads)
+    assert all(h.omega_embed is None for h in heads) and task.distance.kind == "l2"
+
+
 def test_rebuilt_networks_stay_on_the_device_of_the_one_they_replace():
     """Adding the omega embedding or changing dropout rebuilds the UNet, on the original's device. Checked on
     PyTorch's 'meta' device (no data), where a rebuilt net left on the CPU cannot take the original's weights."""
@@ -436,11 +461,16 @@ def test_stage2_with_distillation_reads_the_teacher_pairs_and_growth_refuses_the
     decoder.train_decoder(run_dir=tmp_path / "run2", out_path=tmp_path / "G2.pt", resolution=8, pairs_dir=other, **kw)
     check_arrays_are_the_stored_ones(tasks[1].pairs, encode.load_latents(other, prefix="pairs"))
     check_arrays_are_the_stored_ones(tasks[1].latents, encode.load_latents(latents))
+    decoder.train_decoder(run_dir=tmp_path / "run3", out_path=tmp_path / "G3.pt", resolution=8,
+                          **{**kw, "objective": "distillation"})  # L_dstl alone reads the pairs too
+    check_arrays_are_the_stored_ones(tasks[2].pairs, encode.load_latents(latents, prefix="pairs"))
     for objective in ("distillation", "both"):  # base-resolution teacher samples are no 16x16 targets
-        with pytest.raises(ValueError, match=f"^objective '{objective}' applies to Stage 2 only"):
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"objective '{objective}' applies to Stage 2 only: its teacher pairs are 8x8 samples, not 16x16 "
+                "targets; grow with 'reconstruction' (or 'none')") + "$"):
             decoder.train_decoder(run_dir=tmp_path / "grow", out_path=tmp_path / "G16.pt", resolution=16,
                                   **{**kw, "objective": objective})
-    assert len(tasks) == 2 and not (tmp_path / "grow").exists()
+    assert len(tasks) == 3 and not (tmp_path / "grow").exists()
 
 
 def check_train_decoder_steps_with_the_runs_seed_and_logs_and_checkpoints_as_asked(grown_run):

@@ -303,13 +303,15 @@ def test_guided_decoder_trains_grows_and_stays_guided(guidable_teacher, tiny_dat
     omegas = np.linspace(1.5, 2.5, len(data.load_dataset(tiny_data, "train", 16)[1])).astype(np.float32)
     np.savez(tmp_path / "omegas.npz", omega=omegas)
     given, real_task = [], decoder.DecoderTask
-    monkeypatch.setattr(decoder, "DecoderTask", lambda *a, **k: given.append(k["real_omegas"]) or real_task(*a, **k))
+    monkeypatch.setattr(decoder, "DecoderTask", lambda G, D, *a, **k: given.append((k["real_omegas"], D)) or
+                        real_task(G, D, *a, **k))
     decoder.train_decoder(init_path=tmp_path / "8.pt", run_dir=tmp_path / "16", out_path=tmp_path / "16.pt",
                           resolution=16, steps=1, real_omegas_path=tmp_path / "omegas.npz", **kw)
     grown, meta = load_network(tmp_path / "16.pt", expect_kind="decoder")
     assert grown.config.omega_embedding and grown.config.out_resolution == 16
-    assert len(given) == 1 and np.array_equal(given[0], omegas) and meta["real_omegas"]["path"] == str(
-        tmp_path / "omegas.npz")
+    ((real_omegas, D),) = given
+    assert np.array_equal(real_omegas, omegas) and meta["real_omegas"]["path"] == str(tmp_path / "omegas.npz")
+    assert all(h.omega_embed is not None for h in D.heads)  # D sees omega too
 
 
 def test_estimator_accuracy_on_known_predictions():
