@@ -284,6 +284,16 @@ def test_guided_training_refuses_what_it_cannot_do(guidable_teacher, tiny_teache
         guided_task(guidable_teacher, tiny_data, guided_latents, real_omegas=np.ones(3))
 
 
+def test_guided_task_keeps_omegas_on_its_device(guidable_teacher, tiny_data, guided_latents, monkeypatch):
+    # The meta device stands in for a GPU: an omega left on the CPU fails, for G and for D.
+    task = guided_task(guidable_teacher, tiny_data, guided_latents, device="meta")
+    devices = []
+    monkeypatch.setattr(loop, "mean_over_ranks", lambda x: devices.append(x.device.type) or torch.zeros(()))
+    task.step(0, loop.step_generator(0, 0))  # meta values cannot be read: logged as zeros here
+    assert devices and set(devices) == {"meta"}
+    assert task.D.seen and all(y.is_meta and w.is_meta for y, w in task.D.seen)
+
+
 def test_guided_decoder_trains_grows_and_stays_guided(guidable_teacher, tiny_data, guided_latents, tmp_path,
                                                        monkeypatch):
     kw = dict(data_dir=tiny_data, latents_dir=guided_latents, batch_size=4, feature_size=32, omega_range=(1.0, 3.0),

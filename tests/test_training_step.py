@@ -13,6 +13,7 @@ from conftest import TINY_NET, make_task
 
 from pagoda import decoder, diffaug, encode, loop
 from pagoda.data import load_dataset
+from pagoda.features import EfficientNetLite0
 from pagoda.losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
 from pagoda.networks import UNet
 
@@ -183,8 +184,8 @@ def sliced(params, sl):
     return {k: v[sl] if torch.is_tensor(v) else v for k, v in params.items()}
 
 
-def small_task(tiny_teacher, *, z=None, pair_z=None, pair_x=None, **kw):
-    """A DecoderTask on 40 labelled 8 px images, 6 latents and 5 pairs (batch 8, sigma_max 7)."""
+def small_task(tiny_teacher, *, z=None, pair_z=None, pair_x=None, distance=None, **kw):
+    """A DecoderTask on 40 labelled 8 px images, 6 latents and 5 pairs (batch 8, sigma_max 7); L2 distance."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     latents = {"z": (80 * rng.standard_normal((6, 1, 8, 8))).astype(np.float32) if z is None else z,
@@ -196,8 +197,8 @@ def small_task(tiny_teacher, *, z=None, pair_z=None, pair_x=None, **kw):
     args = dict(latents=latents, targets=images, train_images=images, train_labels=(7 * np.arange(40)) % 10,
                 pairs=pairs, batch_size=8, lr_g=1e-3, lr_d=1e-2, gan_weight=0.3, ema_decay=0.5, sigma_max=SIGMA)
     args.update(kw)
-    return decoder.DecoderTask(decoder.init_decoder(tiny_teacher, resolution=8), StubD(), ReconstructionDistance("l2"),
-                               **args)
+    return decoder.DecoderTask(decoder.init_decoder(tiny_teacher, resolution=8), StubD(),
+                               distance or ReconstructionDistance("l2"), **args)
 
 
 def state(module):
@@ -255,7 +256,8 @@ def test_task_rejects_unknown_objectives_weightings_and_missing_pairs(tiny_teach
         with pytest.raises(ValueError, match=f"^objective '{objective}' needs noise -> teacher-sample pairs$"):
             small_task(tiny_teacher, objective=objective, pairs=None)
     assert small_task(tiny_teacher, pairs=None).pairs is None  # reconstruction alone needs none
-    with pytest.raises(ValueError, match="^objective 'none' .* needs weighting='separate'"):
+    with pytest.raises(ValueError, match="^" + re.escape("objective 'none' (the GAN alone) needs weighting='separate': "
+                                                         "the adaptive weight is a ratio to L_rec's gradient") + "$"):
         small_task(tiny_teacher, objective="none", pairs=None)
 
 
@@ -475,9 +477,14 @@ def test_gradients_and_logged_values_are_averaged_over_ranks(tiny_teacher, monke
     assert [x.item() for x in means] == pytest.approx([m["d_loss"], m["d_real"], m["d_fake"]])
 
 
-def test_task_keeps_networks_and_batches_on_its_device(tiny_teacher, monkeypatch):
-    # The meta device stands in for a GPU: any batch, label or augmentation left on the CPU fails.
-    task = small_task(tiny_teacher, objective="both", device="meta")
+@pytest.mark.parametrize("kw", [dict(objective="both"), dict(weighting="separate", gan_weight=0.0, feature=True)],
+                         ids=["both-adaptive-l2", "separate-no-gan-feature"])
+def test_task_keeps_networks_and_batches_on_its_device(tiny_teacher, monkeypatch, kw):
+    # The meta device stands in for a GPU: any batch, label or augmentation left on the CPU fails. The feature
+    # distance uses the augmentation's parameters (L2 does not); weight 0 skips the separate GAN step.
+    if kw.pop("feature", False):
+        kw["distance"] = ReconstructionDistance("feature", backbone=EfficientNetLite0(input_size=32))
+    task = small_task(tiny_teacher, device="meta", **kw)
     for module in (task.G, task.ema, task.D):
         assert all(p.device.type == "meta" for p in module.parameters())
     devices = []
