@@ -284,6 +284,14 @@ def test_guided_training_refuses_what_it_cannot_do(guidable_teacher, tiny_teache
         guided_task(guidable_teacher, tiny_data, guided_latents, real_omegas=np.ones(3))
 
 
+def test_guided_gan_alone_draws_the_fake_images_omegas_from_omega_range(guidable_teacher, tiny_data, guided_latents):
+    # Without L_rec (objective 'none') no latent brings an omega: G's GAN samples draw theirs from U(omega_range).
+    task = guided_task(guidable_teacher, tiny_data, guided_latents, objective="none", weighting="separate")
+    task.g_step(0, loop.step_generator(0, 0))
+    ((_, omega),) = task.D.seen
+    assert omega.shape == (8,) and omega.min() >= 1.0 and omega.max() <= 3.0 and omega.std() > 0
+
+
 def test_guided_task_keeps_omegas_on_its_device(guidable_teacher, tiny_data, guided_latents, monkeypatch):
     # The meta device stands in for a GPU: an omega left on the CPU fails, for G and for D.
     task = guided_task(guidable_teacher, tiny_data, guided_latents, device="meta")
