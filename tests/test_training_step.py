@@ -485,8 +485,8 @@ def test_task_keeps_networks_and_batches_on_its_device(tiny_teacher, monkeypatch
     if kw.pop("feature", False):
         kw["distance"] = ReconstructionDistance("feature", backbone=EfficientNetLite0(input_size=32))
     task = small_task(tiny_teacher, device="meta", **kw)
-    for module in (task.G, task.ema, task.D):
-        assert all(p.device.type == "meta" for p in module.parameters())
+    for module in (task.G, task.ema, task.D, task.distance):  # the feature distance's networks too
+        assert all(t.device.type == "meta" for t in (*module.parameters(), *module.buffers()))
     devices = []
     monkeypatch.setattr(loop, "mean_over_ranks", lambda x: devices.append(x.device.type) or torch.zeros(()))
     task.step(0, loop.step_generator(0, 0))  # meta values cannot be read: logged as zeros here
