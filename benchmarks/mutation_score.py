@@ -43,6 +43,10 @@ def outcomes(mutants_dir):
     return out
 
 
+def killed(code):
+    return code in KILLED or code in TIMEOUT
+
+
 def scores(results, equivalents):
     rows = []
     for module, codes in results.items():
@@ -52,10 +56,6 @@ def scores(results, equivalents):
                      "killed": n_killed, "not_killed": len(counted) - n_killed,
                      "score": n_killed / len(counted) if counted else float("nan")})
     return rows
-
-
-def killed(code):
-    return code in KILLED or code in TIMEOUT
 
 
 def wilson(k, n, z=1.96):
