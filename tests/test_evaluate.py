@@ -220,6 +220,9 @@ def test_evaluate_defaults_keep_2000_samples_above_the_base_and_score_with_karra
         scored.update(kw, n=sum(len(c) for c in images), reference=reference)
         return {"fd_judge": 1.5}
     monkeypatch.setattr(evaluate, "score", score)
+    made, method_images = {}, evaluate.method_images
+    monkeypatch.setattr(evaluate, "method_images", lambda *a, **kw: made.update(
+        n=kw["n"], num_points=kw["num_points"]) or method_images(*a, **kw))
     monkeypatch.setattr(evaluate, "load_reference", lambda path: {"path": path})
     monkeypatch.setattr(evaluate, "load_judge", lambda path, device: ("judge net", {}))
     record = evaluate.evaluate("stage2_bicubic", 8, resolutions=[4, 8], reference_path="ref.npz", judge_path="j.pt",
@@ -231,6 +234,7 @@ def test_evaluate_defaults_keep_2000_samples_above_the_base_and_score_with_karra
     assert scored == {"n": 2001, "reference": {"path": "ref.npz"}, "judge_net": "judge net", "feature_size": 64,
                       "k": 3, "swd_min_resolution": 16, "swd_descriptors_per_image": 128, "swd_projections": 512,
                       "inception_dir": None, "seed": 0, "device": torch.device("cpu")}
+    assert made == {"n": 2000, "num_points": 40}  # 2000 asked for; the base has 2001
 
 
 def test_generators_are_warmed_up_before_the_timed_chunks(tiny_teacher, decoder_dir, monkeypatch):
@@ -331,9 +335,12 @@ def test_reference_statistics_of_a_random_subset(tiny_data, judges, tmp_path, mo
     assert summary["n_images"] == 25 and summary["seconds"] == ref["seconds"] == 3.5  # the clock read twice
 
 
-def test_reference_statistics_defaults_take_every_image_of_a_small_set(tiny_data, judges, tmp_path):
+def test_reference_statistics_defaults_take_every_image_of_a_small_set(tiny_data, judges, tmp_path, monkeypatch):
+    asked, subset = [], evaluate.balanced_subset
+    monkeypatch.setattr(evaluate, "balanced_subset", lambda labels, n, **kw: asked.append(n) or subset(labels, n, **kw))
     evaluate.reference_statistics(data_dir=tiny_data, resolution=8, out_path=tmp_path / "r.npz",
                                   judge_path=judges / "8" / "judge.pt", inception_dir=tmp_path)
+    assert asked == [5000]  # config's n_reference; this set has 40
     ref = evaluate.load_reference(tmp_path / "r.npz")
     images, labels, _ = load_dataset(tiny_data, "train", 8)
     images = images[balanced_subset(labels, 40, seed=0)]  # all 40, in balanced order
