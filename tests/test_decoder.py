@@ -299,6 +299,10 @@ def grown_run(tiny_teacher, tiny_data, latents, tmp_path_factory):
     return SimpleNamespace(kw=kw, summary=summary, rec=rec, stderr=stderr.getvalue(), out=out)
 
 
+class StopBeforeTraining(Exception):
+    """Raised by a stand-in for loop.run: the tests below check how train_decoder sets a stage up."""
+
+
 @pytest.mark.parametrize("num_classes", [10, 0])
 def test_train_decoder_builds_d_and_the_distance_for_its_generator(num_classes, tiny_data, latents, tmp_path,
                                                                     monkeypatch):
@@ -312,9 +316,9 @@ def test_train_decoder_builds_d_and_the_distance_for_its_generator(num_classes, 
 
     def run(task, **kwargs):
         tasks.append(task)
-        raise StopIteration
+        raise StopBeforeTraining
     monkeypatch.setattr(loop, "run", run)
-    with pytest.raises(StopIteration):
+    with pytest.raises(StopBeforeTraining):
         decoder.train_decoder(data_dir=tiny_data, latents_dir=latents, init_path=teacher, run_dir=tmp_path / "run",
                               out_path=tmp_path / "G.pt", resolution=8, feature_size=32, distance="l2")
     (task,) = tasks
@@ -338,21 +342,18 @@ def test_train_decoder_defaults_are_the_documented_ones(tiny_teacher, tiny_data,
     grows with 2 residual blocks per new level, from seed 0. Stopped where the training loop would start."""
     seen = {}
 
-    class Stop(Exception):
-        pass
-
     def features(backbones, size, *, source):
         seen.setdefault("features", []).append((tuple(backbones), size, source))
         return real_features(backbones, 32, source=source)  # 32 px: the same networks, faster here
 
     def run(task, **kwargs):
         seen.update(batch_size=task.batch_size, **{k: kwargs[k] for k in ("total_steps", "checkpoint_every", "seed")})
-        raise Stop
+        raise StopBeforeTraining
     real_features, real_init = decoder.feature_networks, decoder.init_decoder
     monkeypatch.setattr(decoder, "feature_networks", features)
     monkeypatch.setattr(decoder, "init_decoder", lambda path, **kw: seen.update(init=kw) or real_init(path, **kw))
     monkeypatch.setattr(loop, "run", run)
-    with pytest.raises(Stop):
+    with pytest.raises(StopBeforeTraining):
         decoder.train_decoder(data_dir=tiny_data, latents_dir=latents, init_path=tiny_teacher, run_dir=tmp_path / "run",
                               out_path=tmp_path / "G.pt", resolution=16)
     assert seen == {"features": [(("efficientnet_lite0",), 224, "offline")], "batch_size": 32, "total_steps": 500,
