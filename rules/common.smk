@@ -2,7 +2,7 @@
 import json
 import pathlib
 
-from pagoda import ablations, encode, evaluate, guidance_study, layout
+from pagoda import ablations, guidance_study, layout, plan
 from pagoda.workflow import check_config, decoder_stage, notebook_parameters
 
 check_config(config)
@@ -37,7 +37,7 @@ def data_file(split, resolution):
 LATENTS = f"{R}/latents/summary.json"
 # The encoder's shard files: one job each, so that a cluster runs them in parallel.
 LATENT_SHARDS = [f"{R}/latents/shard-{k:05d}.npz" for k in range(
-    encode.num_shards(config["encode"]["n_images"], config["encode"]["shard_size"]))]
+    plan.num_shards(config["encode"]["n_images"], config["encode"]["shard_size"]))]
 
 
 def teacher_parameters():
@@ -130,14 +130,14 @@ def samples_path(method, res):
 def evaluation_inputs(wildcards):
     """What one (method, resolution) row needs besides its reference statistics."""
     method, res = wildcards.method, int(wildcards.res)
-    if not evaluate.applies(method, res, RESOLUTIONS):
+    if not plan.applies(method, res, RESOLUTIONS):
         raise ValueError(f"{method} has no row at {res}")
     if method == "teacher_ode":
         return {"teacher": TEACHER}
     if method == "pagoda":
         return {"decoder": decoder_path(res)}
-    if method in evaluate.BICUBIC_SOURCE:
-        return {"base_samples": samples_path(evaluate.BICUBIC_SOURCE[method], BASE)}
+    if method in plan.BICUBIC_SOURCE:
+        return {"base_samples": samples_path(plan.BICUBIC_SOURCE[method], BASE)}
     return {"data": data_file("test", BASE if method == "data_bicubic" else res)}
 
 

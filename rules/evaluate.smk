@@ -49,7 +49,7 @@ rule evaluate_method:
         notebook=f"{R}/notebooks/07_evaluate_{{method}}_{{res}}.ipynb",
         stderr=f"{R}/logs/evaluate_{{method}}_{{res}}.log",
     wildcard_constraints:
-        method="|".join(evaluate.METHODS),
+        method="|".join(plan.METHODS),
         res="|".join(str(r) for r in RESOLUTIONS),
     params:
         parameters=evaluation_parameters,

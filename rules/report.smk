@@ -2,7 +2,7 @@ rule make_report:
     """Collect the records into the tables, draw the figures, check the paper's claims (notebook 09)."""
     input:
         notebook="notebooks/09_report.ipynb",
-        records=[record_path(m, r) for m, r in evaluate.rows(RESOLUTIONS)],
+        records=[record_path(m, r) for m, r in plan.rows(RESOLUTIONS)],
         stages=[TEACHER, LATENTS] + [decoder_path(r) for r in RESOLUTIONS],
         inverse=f"{R}/inverse_table.csv",
         transfer=f"{R}/class_transfer.csv",
@@ -19,7 +19,7 @@ rule make_report:
         parameters=notebook_parameters(
             results_dir=R,
             resolutions=RESOLUTIONS,
-            record_paths=[record_path(m, r) for m, r in evaluate.rows(RESOLUTIONS)],
+            record_paths=[record_path(m, r) for m, r in plan.rows(RESOLUTIONS)],
             samples_dir=f"{R}/eval/samples",
             table_path=f"{R}/fid_table.csv",
             inverse_path=f"{R}/inverse_table.csv",

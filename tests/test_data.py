@@ -136,16 +136,6 @@ def test_resize_is_identity_at_same_size_and_round_trips_uint8():
     assert (data.to_model(u) - x).abs().max().item() <= 1 / 127.5
 
 
-def test_resolutions_that_do_not_divide_the_data_are_rejected():
-    data.check_resolutions([8, 16, 32], 32)
-    with pytest.raises(ValueError, match="do not divide"):
-        data.check_resolutions([8, 12], 32)
-    with pytest.raises(ValueError, match="do not divide"):
-        data.check_resolutions([8, 64], 32)
-    with pytest.raises(ValueError, match="powers of two"):
-        data.check_resolutions([6, 12], 24)
-
-
 def test_build_dataset_writes_every_split_and_resolution(tiny_fmnist, tmp_path):
     written = data.build_dataset(tmp_path / "out", resolutions=[8, 16, 32], root=tiny_fmnist)
     assert written == {(s, r): tmp_path / "out" / f"{s}_{r}.npz" for s in ("train", "test") for r in (8, 16, 32)}
@@ -306,15 +296,6 @@ def test_resize_uint8_saturates_bicubic_overshoot():
     # The overshoot really is there before clipping, so the test exercises the clip.
     raw = data.resize(torch.from_numpy(step).float(), 16)
     assert raw.max() > 255.5 and raw.min() < -0.5
-
-
-def test_check_resolutions_accepts_every_power_of_two_divisor_and_explains_rejections():
-    data.check_resolutions([1, 2, 4], 4)  # 1 = 4 / 2^2 is allowed
-    with pytest.raises(ValueError, match=r"^resolutions \[12\] do not divide the data size 32: every resolution "
-                                         r"must be data_size / 2\^k \(e.g. \[8, 16, 32\]\)$"):
-        data.check_resolutions([8, 12], 32)
-    with pytest.raises(ValueError, match=r"^resolutions \[6, 12\] are not powers of two$"):
-        data.check_resolutions([6, 12], 24)
 
 
 def test_examples_per_class_takes_the_first_of_each_class_in_class_order():

@@ -99,25 +99,6 @@ def decoder_dir(tiny_teacher, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------
-# Rows of the table.
-
-def test_rows_of_three_resolutions_in_table_order():
-    assert evaluate.rows([8, 16, 32]) == [
-        ("data_test", 8), ("data_test", 16), ("data_test", 32), ("teacher_ode", 8), ("teacher_ode_bicubic", 16),
-        ("teacher_ode_bicubic", 32), ("pagoda", 8), ("pagoda", 16), ("pagoda", 32), ("stage2_bicubic", 16),
-        ("stage2_bicubic", 32), ("data_bicubic", 16), ("data_bicubic", 32)]
-    assert evaluate.rows([16]) == [("data_test", 16), ("teacher_ode", 16), ("pagoda", 16)]
-
-
-def test_applies_only_at_the_study_resolutions():
-    for method in evaluate.METHODS:
-        assert not evaluate.applies(method, 64, [8, 16])
-    assert evaluate.applies("teacher_ode", 8, [8, 16]) and not evaluate.applies("teacher_ode", 16, [8, 16])
-    with pytest.raises(ValueError, match=r"unknown method 'vae'; known: \('data_test'"):
-        evaluate.applies("vae", 8, [8, 16])
-
-
-# ----------------------------------------------------------------------------
 # Samples on disk.
 
 def test_samples_round_trip_with_and_without_labels_and_speed(tmp_path, monkeypatch):

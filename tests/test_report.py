@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pagoda import evaluate, report
+from pagoda import evaluate, plan, report
 
 
 def write_records(folder, fd, *, effnet=None, inception=None):
@@ -120,7 +120,7 @@ def test_inverse_claims_rest_on_the_judge_with_the_training_space_beside():
 
 
 def test_every_row_of_the_default_study_is_scheduled():
-    rows = evaluate.rows([8, 16, 32])
+    rows = plan.rows([8, 16, 32])
     assert len(rows) == 13
     assert ("teacher_ode", 8) in rows and ("teacher_ode", 16) not in rows
     assert ("stage2_bicubic", 8) not in rows and ("data_bicubic", 32) in rows

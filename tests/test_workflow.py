@@ -103,6 +103,16 @@ def job_counts(stdout):
     return {row.split()[0]: int(row.split()[1]) for row in table.splitlines()[3:] if row.strip()}
 
 
+def test_the_workflows_imports_load_no_torch():
+    """What the Snakefile imports from pagoda at every snakemake start (pagoda.plan's docstring) loads no torch."""
+    lines = [line for f in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]
+             for line in f.read_text().splitlines() if line.startswith(("from pagoda", "import pagoda"))]
+    assert any("plan" in line for line in lines)
+    code = "\n".join([*lines, "import sys", "print('torch' in sys.modules)"])
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == "False\n", out.stdout + out.stderr
+
+
 def test_dry_run_schedules_every_stage(tmp_path):
     out = snakemake("-n", "--config", f"results={tmp_path}/res")
     assert out.returncode == 0, out.stderr + out.stdout

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .plan import FASHION_MNIST_SIZE, check_resolutions
+
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -23,7 +25,6 @@ FASHION_MNIST_FILES = {
 }
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-FASHION_MNIST_SIZE = 32  # 28x28 zero-padded by 2 on each side
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 
 
@@ -66,17 +67,6 @@ def to_model(images):
 def to_uint8(x):
     """float tensor in [-1, 1] -> uint8 tensor (rounded, clipped)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def check_resolutions(resolutions, data_size):
-    """Reject resolution lists the pipeline cannot build: each must divide the data size."""
-    bad = [r for r in resolutions if r > data_size or data_size % r]
-    if bad:
-        raise ValueError(f"resolutions {bad} do not divide the data size {data_size}: every resolution "
-                         f"must be data_size / 2^k (e.g. {[data_size // 4, data_size // 2, data_size]})")
-    bad = [r for r in resolutions if r & (r - 1)]
-    if bad:
-        raise ValueError(f"resolutions {bad} are not powers of two")
 
 
 # ----------------------------------------------------------------------------

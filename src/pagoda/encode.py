@@ -21,6 +21,7 @@ from tqdm import tqdm
 from . import edm, loop
 from .checkpoints import load_network
 from .data import dataset_path, load_dataset, to_model
+from .plan import num_shards
 from .sampling import image_noise
 
 
@@ -43,11 +44,6 @@ def _write_npz(path, **arrays):
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
-
-
-def num_shards(n_images, shard_size, *, flips=True):
-    """How many shard files `encode_dataset` writes for these settings."""
-    return -(-n_images * (2 if flips else 1) // shard_size)
 
 
 def encoding_omegas(n_latents, omega_range, *, seed=0):

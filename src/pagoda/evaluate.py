@@ -13,7 +13,6 @@ features of that resolution's judge (`pagoda.judge`, trained on real images only
 SWD, `pagoda.swd`), and in EfficientNet-lite0 features, the space the decoder was trained against.
 """
 
-import json
 import pathlib
 import time
 
@@ -22,29 +21,10 @@ import numpy as np
 from . import judge, layout, loop, metrics, swd
 from .data import balanced_subset, load_dataset, resize_uint8, to_model, to_uint8
 from .judge import load_judge
+from .plan import BICUBIC_SOURCE, METHODS, applies
 from .sampling import class_labels, load_sampler, seeds_for
 
-METHODS = ("data_test", "teacher_ode", "teacher_ode_bicubic", "pagoda", "stage2_bicubic", "data_bicubic")
 EVAL_SEED_OFFSET = 1000  # evaluation noise never overlaps the seeds used in training
-# The generator behind each *_bicubic row, whose base-resolution samples it upsamples.
-BICUBIC_SOURCE = {"teacher_ode_bicubic": "teacher_ode", "stage2_bicubic": "pagoda"}
-
-
-def applies(method, resolution, resolutions):
-    """Whether `method` has a row at `resolution` (base = resolutions[0])."""
-    base = resolutions[0]
-    if method in ("data_test", "pagoda"):
-        return resolution in resolutions
-    if method == "teacher_ode":
-        return resolution == base
-    if method in ("teacher_ode_bicubic", "stage2_bicubic", "data_bicubic"):
-        return resolution in resolutions and resolution != base
-    raise ValueError(f"unknown method {method!r}; known: {METHODS}")
-
-
-def rows(resolutions):
-    """All (method, resolution) pairs of the table, in table order."""
-    return [(m, r) for m in METHODS for r in resolutions if applies(m, r, resolutions)]
 
 
 # ----------------------------------------------------------------------------
@@ -291,7 +271,3 @@ def evaluate_row(method, resolution, *, eval_dir, judges_dir, decoder_dir, teach
                     decoder_path=layout.decoder_path(decoder_dir, resolution) if method == "pagoda" else None,
                     base_samples_path=layout.samples_path(eval_dir, source, resolutions[0]) if source else None,
                     **kwargs)
-
-
-def read_records(paths):
-    return [json.loads(pathlib.Path(p).read_text()) for p in paths]

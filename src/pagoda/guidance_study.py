@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from . import layout
-from .evaluate import read_records
 from .workflow import decoder_stage
 
 REAL_OMEGAS = ("estimator", "uniform")  # how the guided GAN labels real images: the paper's estimator, uniform draws
@@ -86,7 +85,7 @@ def rows(config):
 
 def table(rows):
     """guidance_table.csv from rows {method, real_omega, omega, record}: one row per (method, omega, resolution)."""
-    records = read_records([row["record"] for row in rows])
+    records = layout.read_records([row["record"] for row in rows])
     out = [{**rec, **{k: row.get(k) for k in ("method", "real_omega", "omega")}} for row, rec in zip(rows, records)]
     frame = pd.DataFrame(out).reindex(columns=TABLE_COLUMNS)  # class_accuracy_judge: guided records only
     return frame.sort_values(["method", "real_omega", "resolution", "omega"], na_position="first", ignore_index=True)

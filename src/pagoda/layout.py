@@ -1,5 +1,8 @@
 """Where the stages write under a results folder: one naming shared by the workflow's rules and the notebooks."""
 
+import json
+import pathlib
+
 
 def teacher_path(results):
     return f"{results}/teacher/teacher.pt"
@@ -29,3 +32,8 @@ def record_samples_path(record):
     """The samples written with an evaluation record: {eval_dir}/samples/{name}.npz next to {eval_dir}/{name}.json."""
     parent, _, name = str(record).rpartition("/")
     return f"{parent}/samples/{name.removesuffix('.json')}.npz"
+
+
+def read_records(paths):
+    """The evaluation records (one JSON object each) at `paths`, in order."""
+    return [json.loads(pathlib.Path(p).read_text()) for p in paths]

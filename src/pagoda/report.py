@@ -9,7 +9,9 @@ import pandas as pd
 from .checkpoints import load_checkpoint
 from .data import to_model
 from .decoder import placement_error
-from .evaluate import METHODS, load_samples, read_records
+from .evaluate import load_samples
+from .layout import read_records
+from .plan import METHODS
 
 # The judge's and the pixel view first (what the claims rest on), then the training space and speed.
 TABLE_COLUMNS = ["method", "resolution", "nfe", "n_samples", "fd_judge", "kid_judge", "precision_judge",

@@ -3,7 +3,7 @@
 import yaml
 
 from . import layout
-from .data import FASHION_MNIST_SIZE, check_resolutions
+from .plan import FASHION_MNIST_SIZE, check_resolutions
 
 GROWTH_FACTORS = (2, 4)  # per decoder stage: 2x (default) or the paper's 4x jump ablation
 
