@@ -1,5 +1,11 @@
 # The PaGoDA study as a workflow: every stage is one papermill-executed notebook (see README.md).
+import sys
+
 from snakemake.utils import min_version, validate
+
+# validate() imports jsonschema, which builds an IRI grammar when rfc3987_syntax is importable (1.4 s of every
+# snakemake start) for a format check that validate() never runs: it passes no format checker.
+sys.modules.setdefault("rfc3987_syntax", None)
 
 min_version("9.0")
 
