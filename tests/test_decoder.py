@@ -84,7 +84,7 @@ def test_generator_starts_as_the_teacher_network_at_sigma_max(tiny_teacher):
     z = 80 * torch.randn(3, 1, 8, 8)
     y = torch.tensor([1, 2, 3])
     raw = teacher(edm.c_in(80.0) * z, torch.full((3,), edm.c_noise(80.0)), y)
-    torch.testing.assert_close(decoder.generate(G, z, y), raw)
+    torch.testing.assert_close(edm.generate(G, z, y), raw)
     assert all(p.requires_grad for p in G.parameters())
 
 
@@ -165,7 +165,7 @@ def test_generate_preconditions_z_at_the_given_sigma_max_and_sigma_data():
         seen.append((x, c_noise, labels))
         return x
     z, y = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.tensor([1, 2, 3])
-    out = decoder.generate(net, z, y, sigma_max=5.0, sigma_data=2.0)
+    out = edm.generate(net, z, y, sigma_max=5.0, sigma_data=2.0)
     ((x, c_noise, labels),) = seen
     torch.testing.assert_close(x, z / math.sqrt(5.0 ** 2 + 2.0 ** 2))  # c_in = 1 / sqrt(sigma^2 + sigma_data^2)
     assert c_noise.dtype == torch.float64 and c_noise.shape == (3,)
@@ -509,7 +509,7 @@ def test_reconstructions_pair_real_images_with_g_of_their_latents(grown_run, tin
         real = torch.where(torch.as_tensor(lat["flip"][:3]).view(-1, 1, 1, 1), real.flip(-1), real)
         torch.testing.assert_close(x, real)
         net, _ = load_network(path)
-        expected = decoder.generate(net, torch.as_tensor(lat["z"][:3]), torch.as_tensor(lat["labels"][:3]),
+        expected = edm.generate(net, torch.as_tensor(lat["z"][:3]), torch.as_tensor(lat["labels"][:3]),
                                     sigma_max=sigma).clamp(-1, 1)
         torch.testing.assert_close(x_hat, expected)
     x, x_hat = decoder.reconstructions(path, latents_dir=latents, data_dir=tiny_data)
@@ -526,14 +526,14 @@ def test_same_noise_samples_give_every_decoder_the_same_z_and_labels(grown_run, 
                  meta={"sigma_max": 80.0})
     a, b = decoder.same_noise_samples([tmp_path / "8.pt", tmp_path / "16.pt"], n=4, seed=2)
     z = 80 * sampling.image_noise(sampling.seeds_for(4, 2), (1, 8, 8))
-    torch.testing.assert_close(a, decoder.generate(base, z, torch.arange(4)).clamp(-1, 1))
+    torch.testing.assert_close(a, edm.generate(base, z, torch.arange(4)).clamp(-1, 1))
     # The grown decoder starts as the nearest upsampling of its parent: the same z and labels show it.
     torch.testing.assert_close(b, a.repeat_interleave(2, -1).repeat_interleave(2, -2))
     (c,) = decoder.same_noise_samples([tmp_path / "8.pt"], n=4, seed=2, labels=[9, 9, 9, 9])
-    torch.testing.assert_close(c, decoder.generate(base, z, torch.full((4,), 9)).clamp(-1, 1))
+    torch.testing.assert_close(c, edm.generate(base, z, torch.full((4,), 9)).clamp(-1, 1))
     (d,) = decoder.same_noise_samples([tmp_path / "8.pt"])  # defaults: 10 images, seed 0
     z10 = 80 * sampling.image_noise(sampling.seeds_for(10, 0), (1, 8, 8))
-    torch.testing.assert_close(d, decoder.generate(base, z10, torch.arange(10) % 10).clamp(-1, 1))
+    torch.testing.assert_close(d, edm.generate(base, z10, torch.arange(10) % 10).clamp(-1, 1))
     save_network(tmp_path / "u.pt", UNet(replace(TINY_NET, num_classes=0)), kind="decoder")
     assert decoder.same_noise_samples([tmp_path / "u.pt"], n=2)[0].shape == (2, 1, 8, 8)  # unconditional
     # Each decoder runs at its own sigma_max (the Stage-2 run's 70), with z = sigma_max n for the same n.
@@ -578,7 +578,7 @@ def test_decoder_has_no_dropout_when_the_teacher_was_trained_with_it(tmp_path):
         G = decoder.init_decoder(tmp_path / "t.pt", resolution=resolution)
         assert G.training and G.config.dropout == 0
         assert all(m.p == 0 for m in G.modules() if isinstance(m, torch.nn.Dropout))
-        torch.testing.assert_close(decoder.generate(G, z, y), decoder.generate(G, z, y), rtol=0, atol=0)
+        torch.testing.assert_close(edm.generate(G, z, y), edm.generate(G, z, y), rtol=0, atol=0)
     # The weights are the teacher's EMA weights unchanged.
     G = decoder.init_decoder(tmp_path / "t.pt", resolution=8)
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in teacher.state_dict().items())

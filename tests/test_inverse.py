@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from pagoda import decoder, inverse, inverse_study, judge
+from pagoda import decoder, edm, inverse, inverse_study, judge
 from pagoda.checkpoints import save_network
 from pagoda.data import resize
 
@@ -77,7 +77,7 @@ def test_latent_optimisation_lowers_the_data_fit_on_a_known_case(grown):
     z_true = 80 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     A = inverse.Mask(inverse.center_box_mask(16))
     with torch.no_grad():
-        y = A(decoder.generate(G, z_true, labels))
+        y = A(edm.generate(G, z_true, labels))
     z0 = 80 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     x, z, losses = inverse.optimize_latent(G, A, y, labels, z0=z0, steps=60, lr=0.05)
     assert losses[-1] < 0.2 * losses[0]
@@ -529,14 +529,14 @@ def test_super_resolution_by_inversion_encodes_then_decodes_once():
     labels = torch.tensor([1, 4, 7])
     teacher = _TeacherStub()
     z, _ = edm.ode_to_noise(teacher, y_low, labels, num_points=40, clamp=True)  # the default: 40 points
-    expected = decoder.generate(_upsample_decoder, z, labels).clamp(-1, 1)
+    expected = edm.generate(_upsample_decoder, z, labels).clamp(-1, 1)
     out = inverse.super_resolve_by_inversion(_upsample_decoder, teacher, y_low, labels)
     assert out.shape == (3, 1, 16, 16)
     torch.testing.assert_close(out, expected)
     z5, _ = edm.ode_to_noise(teacher, y_low, labels, num_points=5, clamp=True)
     torch.testing.assert_close(inverse.super_resolve_by_inversion(_upsample_decoder, teacher, y_low, labels,
                                                                   num_points=5),
-                               decoder.generate(_upsample_decoder, z5, labels).clamp(-1, 1))
+                               edm.generate(_upsample_decoder, z5, labels).clamp(-1, 1))
     assert not torch.allclose(z5, z)
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_NET, make_task
 
-from pagoda import decoder, diffaug, encode, loop
+from pagoda import decoder, diffaug, edm, encode, loop
 from pagoda.data import load_dataset
 from pagoda.features import EfficientNetLite0
 from pagoda.losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
@@ -424,7 +424,7 @@ def test_d_step_uses_this_ranks_share_of_flipped_real_images_and_their_labels(ti
     labels = torch.as_tensor((7 * np.arange(40)) % 10)[j[4:]]
     x_real = diffaug.augment(model_images(labelled_images(40)[j[4:].numpy()], flip[4:].numpy()), p)
     with torch.no_grad():
-        x_fake = diffaug.augment(decoder.generate(task.G, z[4:], labels, sigma_max=SIGMA), p)
+        x_fake = diffaug.augment(edm.generate(task.G, z[4:], labels, sigma_max=SIGMA), p)
     (d_real, l_real), (d_fake, l_fake) = task.D.calls
     torch.testing.assert_close(d_real, x_real)
     torch.testing.assert_close(d_fake, x_fake, rtol=1e-4, atol=1e-5)

@@ -18,6 +18,7 @@ from . import diffaug, edm, loop
 from .checkpoints import load_network, save_network
 from .data import as_images, dataset_path, load_dataset, to_model
 from .discriminator import ProjectedDiscriminator
+from .edm import generate
 from .encode import ShardedArray, list_shards, load_latents
 from .features import feature_networks
 from .losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
@@ -26,15 +27,6 @@ from .networks import UNet, num_params
 
 OBJECTIVES = ("reconstruction", "distillation", "both", "none")  # none: the GAN alone (an ablation)
 WEIGHTINGS = ("adaptive", "separate")
-
-
-def generate(net, z, labels, *, omega=None, sigma_max=edm.SIGMA_MAX, sigma_data=edm.SIGMA_DATA):
-    """G(z, y) = F(c_in(sigma_max) z, c_noise(sigma_max), y); z is on the sigma_max scale. A guided G also
-    takes the guidance scale `omega` (a number or one per image)."""
-    c_noise = torch.full((z.shape[0],), edm.c_noise(sigma_max), device=z.device, dtype=z.dtype)
-    if omega is None:
-        return net(edm.c_in(sigma_max, sigma_data) * z, c_noise, labels)
-    return net(edm.c_in(sigma_max, sigma_data) * z, c_noise, labels, omega)
 
 
 # ----------------------------------------------------------------------------

@@ -73,6 +73,16 @@ def guided_denoise(net, x, sigma, labels, *, omega, sigma_data=SIGMA_DATA):
     return d_uncond + _as_batch(omega, x) * (d_cond - d_uncond)
 
 
+def generate(net, z, labels, *, omega=None, sigma_max=SIGMA_MAX, sigma_data=SIGMA_DATA):
+    """PaGoDA's one-step decoder G(z, y) = F(c_in(sigma_max) z, c_noise(sigma_max), y): the network evaluated once
+    at sigma_max, its raw output taken as the image (METHOD.md, "Stage 2"); z is on the sigma_max scale. A guided
+    G also takes the guidance scale `omega` (a number or one per image)."""
+    noise_level = torch.full((z.shape[0],), c_noise(sigma_max), device=z.device, dtype=z.dtype)
+    if omega is None:
+        return net(c_in(sigma_max, sigma_data) * z, noise_level, labels)
+    return net(c_in(sigma_max, sigma_data) * z, noise_level, labels, omega)
+
+
 # ----------------------------------------------------------------------------
 # Training loss (EDM eq. 8 with Table 1's log-normal sigma and weight).
 

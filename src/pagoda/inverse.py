@@ -15,7 +15,6 @@ from tqdm import tqdm
 
 from . import edm
 from .data import resize
-from .decoder import generate
 
 
 # ----------------------------------------------------------------------------
@@ -113,7 +112,7 @@ def encode(teacher, images, labels, *, num_points=40, clamp=True, batch_size=500
 
 @torch.no_grad()
 def decode(G, z, labels, *, batch_size=500, sigma_max=edm.SIGMA_MAX):
-    return torch.cat([generate(G, z[b:b + batch_size], labels[b:b + batch_size] if labels is not None else None,
+    return torch.cat([edm.generate(G, z[b:b + batch_size], labels[b:b + batch_size] if labels is not None else None,
                                sigma_max=sigma_max).clamp(-1, 1) for b in range(0, len(z), batch_size)])
 
 
@@ -128,14 +127,14 @@ def optimize_latent(G, operator, y, labels, *, z0, steps=100, lr=0.05, sigma_max
     opt = torch.optim.Adam([z], lr=lr)
     losses = []
     for _ in tqdm(range(steps), disable=not progress, desc="latent optimisation", mininterval=5.0):
-        x = generate(G, z * sigma_max, labels, sigma_max=sigma_max)
+        x = edm.generate(G, z * sigma_max, labels, sigma_max=sigma_max)
         loss = (operator(x) - y).flatten(1).square().sum(1)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
         losses.append(float(loss.detach().mean()))
     with torch.no_grad():
-        x = generate(G, z * sigma_max, labels, sigma_max=sigma_max).clamp(-1, 1)
+        x = edm.generate(G, z * sigma_max, labels, sigma_max=sigma_max).clamp(-1, 1)
     return x, (z * sigma_max).detach(), losses
 
 

@@ -60,7 +60,6 @@ def seeds_for(n, seed):
 def sample_decoder(net, labels, *, seeds, sigma_max=edm.SIGMA_MAX, omega=None, batch_size=500, device="cpu",
                    progress=False):
     """PaGoDA's one-step sampler: G(sigma_max n, y[, omega]), clamped to [-1, 1]; images on the CPU and NFE = 1."""
-    from .decoder import generate
     net = net.to(device).eval()
     cfg = net.config
     shape = (cfg.in_channels, cfg.img_resolution, cfg.img_resolution)
@@ -69,7 +68,7 @@ def sample_decoder(net, labels, *, seeds, sigma_max=edm.SIGMA_MAX, omega=None, b
     def one(sl):
         y = None if labels is None else labels[sl].to(device)
         z = sigma_max * image_noise(seeds[sl], shape, device)
-        return generate(net, z, y, omega=omega, sigma_max=sigma_max).clamp(-1, 1).cpu()
+        return edm.generate(net, z, y, omega=omega, sigma_max=sigma_max).clamp(-1, 1).cpu()
     return batched(one, len(seeds), batch_size, progress=progress, desc="one-step"), 1
 
 
