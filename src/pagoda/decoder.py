@@ -24,6 +24,7 @@ from .features import feature_networks
 from .losses import ReconstructionDistance, adaptive_weight, d_hinge_loss, g_hinge_loss
 from .growth import grow
 from .networks import UNet, num_params
+from .sampling import class_labels, image_noise, seeds_for
 
 OBJECTIVES = ("reconstruction", "distillation", "both", "none")  # none: the GAN alone (an ablation)
 WEIGHTINGS = ("adaptive", "separate")
@@ -412,7 +413,6 @@ def reconstructions(decoder_path, *, latents_dir, data_dir, n=10, device="cpu"):
 @torch.no_grad()
 def same_noise_samples(paths, *, n=10, seed=0, labels=None, device="cpu"):
     """One-step samples of several decoders (e.g. consecutive stages) from the same z and labels."""
-    from .sampling import class_labels, image_noise, seeds_for
     nets = [load_network(p, device=device, expect_kind="decoder") for p in paths]
     cfg = nets[0][0].config
     noise = image_noise(seeds_for(n, seed), (cfg.in_channels, cfg.img_resolution, cfg.img_resolution), device)
