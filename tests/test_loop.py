@@ -368,6 +368,19 @@ def test_run_logs_the_hand_computed_metrics_and_keeps_the_last_checkpoints(tmp_p
     assert loop.read_timing(run_dir) == {"seconds": 7.0, "attempts": 1, "device": loop.device_name("cpu")}
 
 
+def test_run_checks_that_the_ranks_agree_at_every_checkpoint_before_saving_it(tmp_path, monkeypatch):
+    """The DDP weight-sync check (tests/test_launch.py) is wired into the loop: at every checkpoint, on every
+    module of the task, before the checkpoint is written, so that a diverged replica is never saved."""
+    task, seen = ToyTask(), []
+
+    def check(modules):
+        seen.append((task.calls[-1] + 1, modules, len(loop.checkpoint_paths(tmp_path / "run"))))
+    monkeypatch.setattr(loop, "check_ranks_in_sync", check)
+    loop.run(task, run_dir=tmp_path / "run", total_steps=5, seed=0, checkpoint_every=2, progress=False)
+    assert [(step, saved) for step, _, saved in seen] == [(2, 0), (4, 1), (5, 2)]  # steps 2, 4 and the last
+    assert all(modules == {"net": task.net} for _, modules, _ in seen)
+
+
 class SnapshotTask(ToyTask):
     """The toy task, writing its weight vector as a snapshot."""
 
