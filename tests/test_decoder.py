@@ -1,6 +1,7 @@
 """Stage 2: the encoder's shards, the one-step generator's initialisation, G/D steps, the sampling API."""
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -29,7 +30,6 @@ def test_encoding_plan_pairs_images_with_their_flips():
 
 def test_shard_jobs_in_separate_processes_equal_one_run(tiny_teacher, tiny_data, tmp_path):
     """The workflow's encode_shard jobs: each process writes its shards; together they equal one run."""
-    import json
     import subprocess
     import sys
     kw = dict(teacher_path=str(tiny_teacher), data_dir=str(tiny_data), resolution=8, n_images=10, num_points=5,
@@ -138,7 +138,6 @@ def test_train_decoder_and_the_common_sampling_api(tiny_teacher, tiny_data, late
                                     batch_size=8, feature_size=32, checkpoint_every=2, device="cpu",
                                     progress=False)
     assert summary["steps"] == 3 and summary["latent_pairs"] == 24
-    import json
     run_json = json.loads((tmp_path / "run" / "run.json").read_text())  # the defaults: the paper's Stage 2
     assert {k: run_json[k] for k in ("lr_g", "lr_d", "gan_weight", "weighting", "ema_decay", "distance", "objective",
                                      "d_feature_size", "trainable_output_blocks", "sigma_max", "seed")} == {
@@ -326,6 +325,37 @@ def test_train_decoder_builds_d_and_the_distance_for_its_generator(num_classes, 
     assert all(h.omega_embed is None for h in heads) and task.distance.kind == "l2"
 
 
+def test_train_decoder_hands_its_settings_to_the_task_the_loop_and_the_run_record(tiny_teacher, tiny_data, latents,
+                                                                                   tmp_path, monkeypatch):
+    """The objective and beta2 reach the task and both optimisers, the device and the progress flag reach the loop,
+    and the feature networks' names reach run.json, which decides whether a run resumes. Stopped where the
+    training loop would start."""
+    seen = []
+
+    def features(backbones, size, *, source):
+        nets = real_features(backbones, size, source=source)
+        for net in nets:
+            net.name = "renamed"  # as a second network (DeiT-B, through timm) records its own name
+        return nets
+
+    def run(task, **kwargs):
+        seen.append((task, kwargs))
+        raise StopBeforeTraining
+    real_features = decoder.feature_networks
+    monkeypatch.setattr(decoder, "feature_networks", features)
+    monkeypatch.setattr(loop, "run", run)
+    with pytest.raises(StopBeforeTraining):
+        decoder.train_decoder(data_dir=tiny_data, latents_dir=latents, init_path=tiny_teacher, run_dir=tmp_path / "run",
+                              out_path=tmp_path / "G.pt", resolution=8, feature_size=32, objective="both", beta2=0.95,
+                              device="cpu", progress=False)
+    ((task, kwargs),) = seen
+    assert task.objective == "both"
+    assert {group["betas"] for opt in (task.opt_g, task.opt_d) for group in opt.param_groups} == {(0.9, 0.95)}
+    assert kwargs["device"] == torch.device("cpu") and kwargs["progress"] is False
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["backbones"] == [type(task.distance.backbones[0]).__name__ + ":renamed"]
+
+
 def test_rebuilt_networks_stay_on_the_device_of_the_one_they_replace():
     """Adding the omega embedding or changing dropout rebuilds the UNet, on the original's device. Checked on
     PyTorch's 'meta' device (no data), where a rebuilt net left on the CPU cannot take the original's weights."""
@@ -372,7 +402,6 @@ def fingerprint(path):
 
 
 def check_train_decoder_fingerprints_its_settings_and_inputs_in_run_json(grown_run, tiny_teacher, tiny_data, latents):
-    import json
     run_json = json.loads((grown_run.out / "run" / "run.json").read_text())
     kw = grown_run.kw
     expected = {k: kw[k] for k in ("resolution", "batch_size", "lr_g", "lr_d", "gan_weight", "weighting", "ema_decay",
@@ -387,7 +416,6 @@ def check_train_decoder_fingerprints_its_settings_and_inputs_in_run_json(grown_r
 
 
 def check_train_decoder_summary_is_saved_with_the_grown_decoder(grown_run):
-    import json
     from pagoda.data import FASHION_MNIST_CLASSES
     ckpt = torch.load(grown_run.out / "G.pt", weights_only=False)
     cfg = grown_config()
@@ -450,7 +478,6 @@ def test_stage2_with_distillation_reads_the_teacher_pairs_and_growth_refuses_the
               feature_size=32, objective="both", device="cpu", progress=False)
     decoder.train_decoder(run_dir=tmp_path / "run", out_path=tmp_path / "G.pt", resolution=8, **kw)
     check_arrays_are_the_stored_ones(tasks[0].pairs, encode.load_latents(latents, prefix="pairs"))
-    import json
     assert json.loads((tmp_path / "run" / "run.json").read_text())["pairs"] == [
         fingerprint(p) for p in sorted(latents.glob("pairs-*.npz"))]
     # Pairs from a folder of their own (another teacher's), the latents from the usual one.
@@ -474,7 +501,6 @@ def test_stage2_with_distillation_reads_the_teacher_pairs_and_growth_refuses_the
 
 
 def check_train_decoder_steps_with_the_runs_seed_and_logs_and_checkpoints_as_asked(grown_run):
-    import json
     ((_, initial),) = grown_run.rec.tasks
     initial.step(0, loop.step_generator(3, 0))  # the first step by hand, with the run's seed
     run = grown_run.out / "run"
