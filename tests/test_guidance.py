@@ -261,7 +261,7 @@ def test_guided_step_gives_g_the_latents_omegas_and_d_real_and_fake_omegas(guida
     (y_real, w_real), (y_fake, w_fake) = task.D.seen
     j = torch.randint(len(images), (8,), generator=loop.step_generator(0, 0))
     torch.testing.assert_close(w_real, torch.as_tensor(real_omegas, dtype=torch.float32)[j])  # the estimator's labels
-    assert torch.equal(y_real, y_fake)
+    assert torch.equal(y_real, y_fake) and w_fake.shape == w_real.shape == (8,)  # one omega per image of the batch
     assert w_fake.min() >= 1.0 and w_fake.max() <= 3.0 and not torch.allclose(w_fake, w_real)
     # Without estimated labels, real images get uniform draws from the range too.
     task = guided_task(guidable_teacher, tiny_data, guided_latents, omega_range=(2.0, 2.5))
