@@ -267,7 +267,7 @@ def test_guided_step_gives_g_the_latents_omegas_and_d_real_and_fake_omegas(guida
     task = guided_task(guidable_teacher, tiny_data, guided_latents, omega_range=(2.0, 2.5))
     task.d_step(0, loop.step_generator(0, 0))
     (_, w_real), _ = task.D.seen
-    assert w_real.min() >= 2.0 and w_real.max() <= 2.5 and w_real.std() > 0
+    assert w_real.shape == (8,) and w_real.min() >= 2.0 and w_real.max() <= 2.5 and w_real.std() > 0
 
 
 def exactly(message):
