@@ -270,6 +270,17 @@ def test_guided_step_gives_g_the_latents_omegas_and_d_real_and_fake_omegas(guida
     assert w_real.shape == (8,) and w_real.min() >= 2.0 and w_real.max() <= 2.5 and w_real.std() > 0
 
 
+def test_guided_omegas_are_drawn_from_the_step_generator_alone(guidable_teacher, tiny_data, guided_latents):
+    """The GAN's omegas, for fakes and for unlabelled reals, repeat with the step's generator whatever torch's global
+    RNG holds: every rank draws the same ones, and a resumed run the ones of the run it continues."""
+    task = guided_task(guidable_teacher, tiny_data, guided_latents)
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        task.d_step(0, loop.step_generator(0, 0))
+    (_, real_1), (_, fake_1), (_, real_2), (_, fake_2) = task.D.seen
+    assert torch.equal(real_1, real_2) and torch.equal(fake_1, fake_2) and not torch.equal(real_1, fake_1)
+
+
 def exactly(message):
     return "^" + re.escape(message) + "$"
 
