@@ -477,8 +477,9 @@ def test_gradients_and_logged_values_are_averaged_over_ranks(tiny_teacher, monke
     assert [x.item() for x in means] == pytest.approx([m["d_loss"], m["d_real"], m["d_fake"]])
 
 
-@pytest.mark.parametrize("kw", [dict(objective="both"), dict(weighting="separate", gan_weight=0.0, feature=True)],
-                         ids=["both-adaptive-l2", "separate-no-gan-feature"])
+@pytest.mark.parametrize("kw", [dict(objective="both"), dict(weighting="separate", gan_weight=0.0, feature=True),
+                                dict(objective="none", weighting="separate")],
+                         ids=["both-adaptive-l2", "separate-no-gan-feature", "gan-alone"])
 def test_task_keeps_networks_and_batches_on_its_device(tiny_teacher, monkeypatch, kw):
     # The meta device stands in for a GPU: any batch, label or augmentation left on the CPU fails. The feature
     # distance uses the augmentation's parameters (L2 does not); weight 0 skips the separate GAN step.
