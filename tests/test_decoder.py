@@ -160,16 +160,20 @@ def test_train_decoder_and_the_common_sampling_api(tiny_teacher, tiny_data, late
 def test_generate_preconditions_z_at_the_given_sigma_max_and_sigma_data():
     seen = []
 
-    def net(x, c_noise, labels):
-        seen.append((x, c_noise, labels))
+    def net(x, c_noise, labels, *omega):
+        seen.append((x, c_noise, labels, *omega))
         return x
     z, y = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.tensor([1, 2, 3])
     out = edm.generate(net, z, y, sigma_max=5.0, sigma_data=2.0)
-    ((x, c_noise, labels),) = seen
-    torch.testing.assert_close(x, z / math.sqrt(5.0 ** 2 + 2.0 ** 2))  # c_in = 1 / sqrt(sigma^2 + sigma_data^2)
+    guided = edm.generate(net, z, y, omega=torch.tensor([1.0, 2.0, 3.0]), sigma_max=5.0, sigma_data=2.0)
+    (x, c_noise, labels), (x_guided, c_noise_guided, labels_guided, omega) = seen
+    for a, b in ((x, out), (x_guided, guided)):
+        torch.testing.assert_close(a, z / math.sqrt(5.0 ** 2 + 2.0 ** 2))  # c_in = 1 / sqrt(sigma^2 + sigma_data^2)
+        assert b is a
     assert c_noise.dtype == torch.float64 and c_noise.shape == (3,)
-    torch.testing.assert_close(c_noise, torch.full((3,), math.log(5.0) / 4, dtype=torch.float64))  # EDM: ln(sigma) / 4
-    assert labels is y and out is x
+    for c in (c_noise, c_noise_guided):
+        torch.testing.assert_close(c, torch.full((3,), math.log(5.0) / 4, dtype=torch.float64))  # EDM: ln(sigma) / 4
+    assert labels is y and labels_guided is y and omega.tolist() == [1.0, 2.0, 3.0]
 
 
 def test_paper_policy_trains_2_num_res_blocks_plus_1_output_blocks():
