@@ -289,10 +289,11 @@ def test_guided_training_refuses_what_it_cannot_do(guidable_teacher, tiny_teache
     with pytest.raises(ValueError, match=exactly(
             "a guided G needs guided latents (encode with omega_range) and their omega_range")):
         guided_task(guidable_teacher, tiny_data, latents)
-    with pytest.raises(ValueError, match=exactly(
-            "a guided G is trained with 'reconstruction' or 'none': the L_dstl pairs carry no omega")):
-        guided_task(guidable_teacher, tiny_data, guided_latents, objective="distillation",
-                    pairs=encode.load_latents(latents, prefix="pairs"))
+    for objective in ("distillation", "both"):
+        with pytest.raises(ValueError, match=exactly(
+                "a guided G is trained with 'reconstruction' or 'none': the L_dstl pairs carry no omega")):
+            guided_task(guidable_teacher, tiny_data, guided_latents, objective=objective,
+                        pairs=encode.load_latents(latents, prefix="pairs"))
     images, labels, _ = data.load_dataset(tiny_data, "train", 8)
     with pytest.raises(ValueError, match=exactly(
             "omega_range and real_omegas need a guided G (init_decoder(guided=True))")):
