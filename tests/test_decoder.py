@@ -233,6 +233,8 @@ def test_init_decoder_passes_growth_options_and_chooses_the_head_style_once(tiny
     save_network(tmp_path / "16.pt", g16, kind="decoder")
     g32 = decoder.init_decoder(tmp_path / "16.pt", resolution=32, growth_head="residual")  # too late to change
     assert g32.config.growth_head == "shared" and g32.config.growth == (GrowthLevel(16, 1), GrowthLevel(16, 2))
+    # 16 channels are also what a new level gets by default: other widths reach grow too.
+    assert decoder.init_decoder(tiny_teacher, resolution=16, channels=8).config.growth == (GrowthLevel(8, 2),)
 
 
 def test_flip_where_mirrors_only_the_flagged_images_left_to_right():
