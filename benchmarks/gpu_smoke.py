@@ -9,7 +9,7 @@ from disk except EfficientNet-lite0's packaged ImageNet weights):
    projected discriminator on a shared EfficientNet-lite0, adaptive GAN weight, RAdam, EMA) is built on
    fake latents/targets. After `--warmup` untimed steps, `--steps` calls of `DecoderTask.step` are
    timed: training images/s (= batch / seconds per step), seconds per step and peak memory.
-2. One-step sampling: `decoder.generate` with the EMA network under `torch.no_grad` on a batch of
+2. One-step sampling: `edm.generate` with the EMA network under `torch.no_grad` on a batch of
    `--sample-batch`, one untimed call then `--sample-repeats` timed calls: images/s and peak memory.
 3. With `--grow-to R`: the Stage-2 decoder is saved (`kind="decoder"`), grown to R by `init_decoder`
    (Stage 3: growth levels appended, most of the base network frozen) and 1-2 are repeated.
@@ -43,7 +43,7 @@ import torch
 
 from pagoda import edm, loop
 from pagoda.checkpoints import save_network
-from pagoda.decoder import DecoderTask, generate, init_decoder
+from pagoda.decoder import DecoderTask, init_decoder
 from pagoda.discriminator import ProjectedDiscriminator
 from pagoda.features import EfficientNetLite0
 from pagoda.losses import ReconstructionDistance
@@ -181,9 +181,9 @@ def time_sampling(net, *, batch, repeats, amp_dtype, device, seed):
 
     def once():
         if amp_dtype is None:
-            return generate(net, z, y)
+            return edm.generate(net, z, y)
         with torch.autocast(device.type, dtype=amp_dtype):
-            return generate(net, z, y)
+            return edm.generate(net, z, y)
 
     x = once()  # untimed: allocation, cuDNN algorithm choice
     sync(device)
